@@ -1,0 +1,476 @@
+"""Run directories and the checkpoints in them: save, load, list, remove, prune.
+
+A run is one self-contained directory::
+
+    NAME/
+      run.json            format version, model and training config, progress summary
+      tokenizer.json      a standard Hugging Face tokenizer file
+      best.safetensors    weights with the lowest validation loss
+      last.safetensors    latest weights plus everything --resume needs: optimizer moments,
+                          carried hidden state, RNG state, and the TrainState in its metadata
+      metrics.jsonl       one JSON object per evaluation
+
+Every file is written to a temporary file and renamed into place, so a crash leaves the previous
+version whole. Tensors are stored in safetensors and nothing is ever unpickled. This is the only
+module that knows the layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from chargen.config import ModelConfig, TrainConfig, from_dict, to_dict
+from chargen.errors import CheckpointError, RunExistsError, UsageError
+from chargen.model import RNNLanguageModel
+from chargen.tokenizer import Tokenizer
+from chargen.train import Trainer, TrainState
+
+FORMAT_VERSION = 1
+"""Bump when the layout changes, and add a named upgrade function for the old version."""
+
+ENV_VAR = "CHARGEN_CHECKPOINTS"
+DEFAULT_DIR = "checkpoints"
+RUN_FILE = "run.json"
+TOKENIZER_FILE = "tokenizer.json"
+BEST_FILE = "best.safetensors"
+LAST_FILE = "last.safetensors"
+METRICS_FILE = "metrics.jsonl"
+WEIGHTS = ("best", "last")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def checkpoint_root(override: str | Path | None = None) -> Path:
+    """``override``, else ``$CHARGEN_CHECKPOINTS``, else ``./checkpoints``."""
+    return Path(override or os.environ.get(ENV_VAR) or DEFAULT_DIR)
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise UsageError(
+            f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' (no '/' or '..')"
+        )
+    return name
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; renamed into place they get this
+
+
+def _temporary(path: Path) -> str:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory."""
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
+    tmp = _temporary(path)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not every platform opens directories
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """A run directory and its ``run.json``."""
+
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.info.get("name", self.path.name)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return from_dict(ModelConfig, self.info["model"])
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return from_dict(TrainConfig, self.info["train"])
+
+    @property
+    def level(self) -> str:
+        return self.info["train"]["level"]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+def open_run(path: Path) -> Run:
+    """Read ``run.json`` of the run at ``path``; raise ``CheckpointError`` if it is not a run."""
+    run_file = path / RUN_FILE
+    if not run_file.is_file():
+        raise CheckpointError(f"{path}: not a chargen run (no {RUN_FILE})")
+    try:
+        info = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{run_file}: unreadable ({exc}); the run is damaged") from None
+    if not isinstance(info, dict) or "model" not in info or "train" not in info:
+        raise CheckpointError(f"{run_file}: missing model or training config; the run is damaged")
+    version = info.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version!r} is newer than this chargen understands "
+            f"({FORMAT_VERSION}); upgrade chargen"
+        )
+    return Run(path, info)
+
+
+def list_runs(root: Path) -> list[Run]:
+    """Every readable run under ``root``, most recently updated first; damaged ones are skipped."""
+    if not root.is_dir():
+        return []
+    runs = []
+    for child in root.iterdir():
+        if child.is_dir() and (child / RUN_FILE).is_file():
+            try:
+                runs.append(open_run(child))
+            except CheckpointError:
+                continue
+    return sorted(runs, key=lambda r: r.info.get("updated", 0), reverse=True)
+
+
+def resolve_run(spec: str | None, root: Path) -> Run:
+    """A run by name under ``root``, by path to its directory, or the latest if ``spec`` is None."""
+    if spec is None:
+        runs = list_runs(root)
+        if not runs:
+            raise CheckpointError(
+                f"no runs in {root}; train one first: chargen train CORPUS --name NAME"
+            )
+        return runs[0]
+    candidate = Path(spec)
+    if (os.sep in spec or (os.altsep and os.altsep in spec)) or (
+        candidate.is_dir() and (candidate / RUN_FILE).is_file() and not (root / spec).exists()
+    ):
+        if candidate.is_file() and candidate.parent.joinpath(RUN_FILE).is_file():
+            candidate = candidate.parent  # a path to best.safetensors means its run
+        if not candidate.is_dir():
+            raise CheckpointError(f"{spec}: no such run directory")
+        return open_run(candidate)
+    path = root / check_name(spec)
+    if not path.is_dir():
+        names = [r.name for r in list_runs(root)]
+        hint = f"; runs in {root}: {', '.join(names)}" if names else f"; {root} has no runs yet"
+        raise CheckpointError(f"no run named {spec!r}{hint}")
+    return open_run(path)
+
+
+def remove_run(run: Run) -> None:
+    shutil.rmtree(run.path)
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def create_run(
+    root: Path,
+    name: str,
+    tokenizer: Tokenizer,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    corpus: str,
+    parameters: int,
+    force: bool = False,
+) -> Run:
+    """Make the directory of a new run with its ``run.json`` and ``tokenizer.json``."""
+    path = root / check_name(name)
+    if path.exists():
+        if not force:
+            raise RunExistsError(
+                f"a run named {name!r} already exists in {root}; "
+                "use --resume to continue it, --force to replace it, or another --name"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    now = time.time()
+    info = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created": now,
+        "updated": now,
+        "status": "new",
+        "corpus": corpus,
+        "parameters": parameters,
+        "model": to_dict(model_config),
+        "train": to_dict(train_config),
+        "state": to_dict(TrainState()),
+        "resumable": False,
+    }
+    write_atomic(path / TOKENIZER_FILE, tokenizer.to_json().encode())
+    _write_json(path / RUN_FILE, info)
+    return Run(path, info)
+
+
+def _model_tensors(model: RNNLanguageModel) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for key, value in model.state_dict().items():
+        if model.config.tie_weights and key == "head.weight":
+            continue  # the same matrix as embedding.weight; safetensors stores no aliases
+        tensors[f"model.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
+    return tensors
+
+
+def save_best(run: Run, trainer: Trainer) -> None:
+    metadata = {
+        "format_version": str(FORMAT_VERSION),
+        "step": str(trainer.state.step),
+        "val_loss": repr(trainer.state.best_val_loss),
+    }
+    _save_tensors_atomic(run.file(BEST_FILE), _model_tensors(trainer.model), metadata)
+
+
+def save_last(run: Run, trainer: Trainer, status: str) -> None:
+    """Everything ``--resume`` needs, in one file, then the summary in ``run.json``."""
+    tensors = _model_tensors(trainer.model)
+    optimizer = trainer.optimizer.state_dict()
+    for index, slots in optimizer["state"].items():
+        for key, value in slots.items():
+            tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+    hidden = trainer.hidden if isinstance(trainer.hidden, tuple) else (trainer.hidden,)
+    for index, tensor in enumerate(hidden):
+        tensors[f"hidden.{index}"] = tensor.detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if trainer.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
+    metadata = {
+        "format_version": str(FORMAT_VERSION),
+        "state": json.dumps(to_dict(trainer.state)),
+        "param_groups": json.dumps(optimizer["param_groups"]),
+    }
+    _save_tensors_atomic(run.file(LAST_FILE), tensors, metadata)
+    update_info(
+        run,
+        status=status,
+        state=to_dict(trainer.state),
+        resumable=True,
+        train=to_dict(trainer.config),
+    )
+
+
+def update_info(run: Run, **changes: Any) -> None:
+    run.info.update(changes, updated=time.time())
+    _write_json(run.file(RUN_FILE), run.info)
+
+
+def append_metrics(run: Run, record: dict[str, Any]) -> None:
+    # Appending one short line is as good as atomic here: a torn last line is skipped on reading.
+    with open(run.file(METRICS_FILE), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run: Run) -> list[dict[str, Any]]:
+    path = run.file(METRICS_FILE)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(run: Run) -> Tokenizer:
+    path = run.file(TOKENIZER_FILE)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{run.path}: {TOKENIZER_FILE} is missing; the run is damaged"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    tokenizer = Tokenizer.from_json(text, run.level)
+    if tokenizer.vocab_size != run.model_config.vocab_size:
+        raise CheckpointError(
+            f"{run.path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+            f"{run.model_config.vocab_size}; the run is damaged"
+        )
+    return tokenizer
+
+
+def _read_tensors(path: Path, prefix: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (optionally only those under ``prefix``) and metadata of a safetensors file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            keys = [k for k in handle if prefix is None or k.startswith(prefix)]
+            tensors = {k: handle.get_tensor(k) for k in keys}
+    except Exception as exc:  # safetensors raises several error types for damaged files
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({exc}); "
+            "the checkpoint is corrupt or truncated"
+        ) from None
+    return tensors, metadata
+
+
+def _load_weights(model: RNNLanguageModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path}: weights do not fit the model config ({first})") from None
+    allowed = {"head.weight"} if model.config.tie_weights else set()
+    if set(missing) - allowed or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit the model config "
+            f"(missing {sorted(set(missing) - allowed)}, unexpected {sorted(unexpected)})"
+        )
+
+
+def weights_path(run: Run, weights: str = "best") -> Path:
+    """``best`` falls back to ``last`` for runs that never evaluated."""
+    if weights not in WEIGHTS:
+        raise UsageError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    path = run.file(BEST_FILE if weights == "best" else LAST_FILE)
+    if weights == "best" and not path.exists() and run.file(LAST_FILE).exists():
+        path = run.file(LAST_FILE)
+    if not path.exists():
+        raise CheckpointError(f"{run.path}: no {weights} weights saved yet")
+    return path
+
+
+def load_model(
+    run: Run, weights: str = "best", device: torch.device | str = "cpu"
+) -> tuple[RNNLanguageModel, Tokenizer]:
+    """The model (in eval mode, on ``device``) and tokenizer of a run."""
+    tokenizer = load_tokenizer(run)
+    model = RNNLanguageModel(run.model_config)
+    path = weights_path(run, weights)
+    tensors, _ = _read_tensors(path, prefix="model.")
+    _load_weights(model, tensors, path)
+    return model.to(device).eval(), tokenizer
+
+
+def restore_trainer(run: Run, trainer: Trainer) -> None:
+    """Restore model, optimizer, data position, hidden state and RNG as ``save_last`` left them."""
+    path = run.file(LAST_FILE)
+    if not run.info.get("resumable", False):
+        raise CheckpointError(
+            f"{run.path}: this run cannot be resumed (no optimizer state; was it pruned?)"
+        )
+    tensors, metadata = _read_tensors(path)
+    _load_weights(trainer.model, tensors, path)
+    try:
+        state = json.loads(metadata["state"])
+        groups = json.loads(metadata["param_groups"])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(
+            f"{path}: no training state in this checkpoint; cannot resume"
+        ) from None
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, slot = key.split(".", 2)
+            optim_state.setdefault(int(index), {})[slot] = value
+    try:
+        trainer.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: optimizer state does not fit the model ({exc})") from None
+    hidden = [tensors[f"hidden.{i}"] for i in range(2) if f"hidden.{i}" in tensors]
+    expected = trainer.hidden if isinstance(trainer.hidden, tuple) else (trainer.hidden,)
+    if len(hidden) != len(expected) or any(
+        h.shape != e.shape for h, e in zip(hidden, expected, strict=False)
+    ):
+        raise CheckpointError(f"{path}: saved hidden state does not fit this run's batch size")
+    hidden = [h.to(trainer.device) for h in hidden]
+    trainer.hidden = tuple(hidden) if len(hidden) == 2 else hidden[0]
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
+    known = {f.name for f in dataclasses.fields(TrainState)}
+    trainer.state = TrainState(**{k: v for k, v in state.items() if k in known})
+
+
+# ---------------------------------------------------------------------------- pruning
+
+
+def prune_run(run: Run, best_only: bool = False) -> int:
+    """Free disk: drop resume state from ``last`` (or ``last`` itself with ``best_only``).
+
+    Returns the bytes freed. A pruned run still samples and evaluates but cannot be resumed.
+    """
+    before = run.disk_bytes()
+    last = run.file(LAST_FILE)
+    if best_only and run.file(BEST_FILE).exists():
+        last.unlink(missing_ok=True)
+    elif last.exists() and run.info.get("resumable"):
+        tensors, metadata = _read_tensors(last, prefix="model.")
+        _save_tensors_atomic(last, tensors, {"format_version": metadata.get("format_version", "1")})
+    update_info(run, resumable=False)
+    return before - run.disk_bytes()

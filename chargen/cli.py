@@ -1,0 +1,805 @@
+"""The ``chargen`` command line: parse options, call the library, render results.
+
+Commands: ``train``, ``sample``, ``eval`` and the ``checkpoints`` group (``list``, ``show``,
+``rm``, ``prune``). Library errors (``ChargenError``) become one-line ``Error: ...`` messages here
+and nowhere else. torch is imported inside commands, so ``chargen --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from chargen import __version__
+from chargen.config import CELLS, LEVELS, ModelConfig, SampleConfig, TrainConfig, parse_duration
+from chargen.errors import ChargenError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class CliError(click.ClickException):
+    """A one-line ``Error: ...`` with the exit code of the library error behind it."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ChargenGroup(click.Group):
+    """Turns library errors and OS errors into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ChargenError as exc:
+            raise CliError(str(exc), exc.exit_code) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise CliError(f"{where}{exc.strerror or exc}", 1) from None
+
+
+class Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ChargenError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _root(ctx: click.Context) -> Path:
+    from chargen.checkpoint import checkpoint_root
+
+    return checkpoint_root(ctx.obj.get("checkpoint_dir") if ctx.obj else None)
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False))
+
+
+@click.group(cls=ChargenGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="chargen")
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False),
+    envvar="CHARGEN_CHECKPOINTS",
+    help="Where runs live (default ./checkpoints; env CHARGEN_CHECKPOINTS).",
+)
+@click.pass_context
+def cli(ctx: click.Context, checkpoint_dir: str | None):
+    """Train recurrent neural networks on text and generate more of it.
+
+    \b
+    Quick start:
+      chargen train corpora/harbour.txt --name harbour --time 2m
+      chargen sample harbour --prime "NELL:" --length 400
+      chargen eval harbour held_out.txt
+      chargen checkpoints list
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["checkpoint_dir"] = checkpoint_dir
+
+
+# ----------------------------------------------------------------------------------- train
+
+_D = TrainConfig()
+_M = ModelConfig()
+# CLI option name -> TrainConfig field, for options whose names differ from the field.
+_TRAIN_FIELDS = {"window": "seq_len", "time": "time_limit", "warmup": "warmup_steps"}
+_MODEL_FIELDS = {"layers": "num_layers", "hidden": "hidden_size", "embedding": "embedding_dim"}
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("corpus", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", help="Run name (default: the corpus file name without extension).")
+@click.option("--resume", is_flag=True, help="Continue the run NAME where it stopped.")
+@click.option("--force", is_flag=True, help="Replace an existing run of the same name.")
+@click.option(
+    "--level",
+    type=click.Choice(LEVELS),
+    default=_D.level,
+    show_default=True,
+    help="Tokenizer level.",
+)
+@click.option(
+    "--vocab-size",
+    type=click.IntRange(2),
+    default=_D.vocab_size,
+    show_default=True,
+    help="Word level: vocabulary cap, <unk> included.",
+)
+@click.option(
+    "--min-freq",
+    type=click.IntRange(1),
+    default=_D.min_freq,
+    show_default=True,
+    help="Word level: drop tokens seen fewer times.",
+)
+@click.option(
+    "--cell", type=click.Choice(CELLS), default=_M.cell, show_default=True, help="Recurrent cell."
+)
+@click.option("--layers", type=click.IntRange(1), default=_M.num_layers, show_default=True)
+@click.option(
+    "--hidden",
+    type=click.IntRange(1),
+    default=_M.hidden_size,
+    show_default=True,
+    help="Hidden state size.",
+)
+@click.option(
+    "--embedding",
+    type=click.IntRange(1),
+    default=_M.embedding_dim,
+    show_default=True,
+    help="Token embedding size.",
+)
+@click.option(
+    "--dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.dropout, show_default=True
+)
+@click.option("--tie-weights", is_flag=True, help="Share input and output embeddings.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=_D.batch_size,
+    show_default=True,
+    help="Parallel streams per step.",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(1),
+    default=_D.seq_len,
+    show_default=True,
+    help="BPTT window in tokens.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(0, min_open=True),
+    default=_D.lr,
+    show_default=True,
+    help="Peak learning rate.",
+)
+@click.option(
+    "--weight-decay", type=click.FloatRange(0), default=_D.weight_decay, show_default=True
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(0),
+    default=_D.warmup_steps,
+    show_default=True,
+    help="Warm-up steps.",
+)
+@click.option(
+    "--clip",
+    type=click.FloatRange(0, min_open=True),
+    default=_D.clip,
+    show_default=True,
+    help="Gradient-norm clipping threshold.",
+)
+@click.option(
+    "--val-frac",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=_D.val_frac,
+    show_default=True,
+    help="End of the corpus held out.",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(1),
+    default=_D.eval_every,
+    show_default=True,
+    help="Steps between evaluations and checkpoints.",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(0),
+    default=_D.patience,
+    show_default=True,
+    help="Stop after this many evaluations without improvement (0: never).",
+)
+@click.option("--max-steps", type=click.IntRange(1), help="Stop after this many steps.")
+@click.option(
+    "--epochs",
+    type=click.FloatRange(0, min_open=True),
+    help="Stop after this many passes over the corpus.",
+)
+@click.option("--time", type=Duration(), help="Stop after this long: 90s, 10m, 1h.")
+@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 autocast where the hardware has it.",
+)
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: torch's choice).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
+@click.pass_context
+def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **options):
+    """Train a model on CORPUS, a UTF-8 text file.
+
+    Without --max-steps, --epochs or --time, training runs 10 epochs. Ctrl-C stops
+    cleanly and saves a checkpoint that --resume continues.
+
+    \b
+    Examples:
+      chargen train corpora/harbour.txt --time 2m
+      chargen train shakespeare.txt --name bard --cell gru --layers 2 --hidden 256
+      chargen train novel.txt --level word --vocab-size 20000 --epochs 5
+      chargen train --name bard --resume --time 10m
+    """
+    from chargen.console import console, fmt, training_progress
+    from chargen.session import RESUME_OVERRIDABLE, save_checkpoint, start_training
+
+    if resume and force:
+        raise CliError("--resume and --force contradict each other; choose one", 2)
+    if name is None:
+        if corpus is None:
+            raise CliError("missing CORPUS (or --name NAME --resume to continue a run)", 2)
+        name = Path(corpus).stem
+    model_values, train_values, overrides, fixed = {}, {}, {}, []
+    for option, value in options.items():
+        given = ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE
+        if option in ("cell", "dropout", "tie_weights") or option in _MODEL_FIELDS:
+            model_values[_MODEL_FIELDS.get(option, option)] = value
+            fixed += [option] if given else []
+            continue
+        field = _TRAIN_FIELDS.get(option, option)
+        train_values[field] = value
+        if given and field in RESUME_OVERRIDABLE:
+            overrides[field] = value
+        elif given:
+            fixed.append(option)
+    if resume and fixed:
+        shown = ", ".join("--" + option.replace("_", "-") for option in fixed)
+        raise CliError(f"{shown}: cannot change on --resume; start a new run with --name", 2)
+    train_config = TrainConfig(**train_values)
+    if not train_config.has_limit:
+        train_config.epochs = 10.0
+    session = start_training(
+        corpus,
+        name,
+        _root(ctx),
+        ModelConfig(**model_values),
+        train_config,
+        resume=resume,
+        force=force,
+        overrides=overrides if resume else None,
+    )
+    trainer, run = session.trainer, session.run
+    log = not quiet
+    if session.corpus_changed and log:
+        console.print("[yellow]warning:[/] the corpus differs from the one this run started on")
+    if log:
+        model = trainer.model
+        verb = (
+            f"Resuming {run.name} at step {session.resumed_from_step}"
+            if resume
+            else (f"Training {run.name}")
+        )
+        console.print(
+            f"{verb}: {model.config.cell} {model.config.num_layers}x{model.config.hidden_size}, "
+            f"{model.num_parameters():,} parameters, {session.tokenizer.vocab_size} tokens "
+            f"({trainer.config.level}), {len(trainer.batches.inputs.flatten()):,} training tokens, "
+            f"batch {trainer.batches.batch_size}x{trainer.config.seq_len}, on {trainer.device.type}"
+            f"{' (bf16)' if trainer.bf16 else ''}"
+        )
+
+    stop_requested = []
+
+    def request_stop(signum, frame):
+        if stop_requested:  # a second Ctrl-C stops at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        stop_requested.append(signum)
+
+    started = time.perf_counter()
+    tokens_before = trainer.state.tokens_seen
+    progress = training_progress(enabled=log and console.is_terminal)
+    task = progress.add_task(
+        run.name, total=1000, step=trainer.state.step, loss="-", val="-", speed="-"
+    )
+
+    def on_step(t):
+        if t.state.step % 10 == 0:
+            speed = (t.state.tokens_seen - tokens_before) / max(time.perf_counter() - started, 1e-9)
+            progress.update(
+                task,
+                completed=1000 * t.progress(),
+                step=t.state.step,
+                loss=fmt(t.state.loss, 3),
+                speed=f"{speed:,.0f}",
+            )
+
+    def on_eval(t, result):
+        save_checkpoint(session, result, status="training")
+        if result is None:
+            return
+        progress.update(task, val=fmt(result.nats_per_token, 3))
+        if log:
+            best = " (best)" if t.improved else ""
+            progress.console.print(
+                f"step {t.state.step:>6}  train {fmt(t.state.loss, 3)}  "
+                f"val {fmt(result.nats_per_token, 4)} nats/token  "
+                f"{fmt(result.bits_per_char, 3)} bits/char{best}"
+            )
+
+    previous_int = signal.signal(signal.SIGINT, request_stop)
+    previous_term = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        with progress:
+            state = trainer.run(on_step, on_eval, should_stop=lambda: bool(stop_requested))
+        status = "interrupted" if state.stop_reason == "interrupted" else "finished"
+        save_checkpoint(session, None, status=status)
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+
+    seconds = time.perf_counter() - started
+    tokens = state.tokens_seen - tokens_before
+    if log:
+        if status == "interrupted":
+            console.print(
+                f"Interrupted at step {state.step}; saved a resumable checkpoint in {run.path}\n"
+                f"Continue with: chargen train --name {run.name} --resume"
+            )
+        else:
+            console.print(
+                f"Done ({state.stop_reason}) at step {state.step} in {seconds:.0f}s: best val "
+                f"{fmt(state.best_val_loss)} nats/token, {fmt(state.best_val_bpc, 3)} bits/char. "
+                f"Saved in {run.path}"
+            )
+    if as_json:
+        _echo_json(
+            {
+                "name": run.name,
+                "path": str(run.path),
+                "status": status,
+                "stop_reason": state.stop_reason,
+                "steps": state.step,
+                "tokens_seen": state.tokens_seen,
+                "best_val_loss": state.best_val_loss,
+                "best_val_bpc": state.best_val_bpc,
+                "tokens_per_sec": tokens / seconds if seconds > 0 else None,
+                "seconds": seconds,
+            }
+        )
+
+
+# ---------------------------------------------------------------------------------- sample
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run", required=False)
+@click.option("--prime", default="", help="Text to start from; the model continues it.")
+@click.option(
+    "-t",
+    "--temperature",
+    type=click.FloatRange(0),
+    default=SampleConfig.temperature,
+    show_default=True,
+    help="0 is greedy; higher is more adventurous.",
+)
+@click.option("--top-k", type=click.IntRange(1), help="Draw only from the k likeliest tokens.")
+@click.option(
+    "--top-p",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Draw only from the likeliest tokens holding this much probability.",
+)
+@click.option(
+    "-n",
+    "--length",
+    type=click.IntRange(1),
+    default=SampleConfig.length,
+    show_default=True,
+    help="Tokens to generate per sample.",
+)
+@click.option(
+    "--num",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Samples, generated together as one batch.",
+)
+@click.option("--seed", type=int, help="Seed for a reproducible sample.")
+@click.option("--stop", help="End each sample at the first occurrence of this text (excluded).")
+@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the samples to this file instead of stdout.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per sample: text, tokens, mean log-probability.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True
+)
+@click.pass_context
+def sample(
+    ctx,
+    run,
+    prime,
+    temperature,
+    top_k,
+    top_p,
+    length,
+    num,
+    seed,
+    stop,
+    weights,
+    output,
+    as_json,
+    device,
+):
+    """Generate text from RUN (a run name or directory; default: the latest run).
+
+    \b
+    Examples:
+      chargen sample harbour --prime "NELL:" --temperature 0.8 --length 500
+      chargen sample bard --num 5 --stop $'\\n\\n' --seed 1
+      chargen sample bard --temperature 0 --length 200        # greedy
+      chargen sample bard --json --num 3 > samples.jsonl
+    """
+    from chargen.sample import sample as generate_samples
+    from chargen.session import load_for_inference
+
+    config = SampleConfig(
+        length=length,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        num=num,
+        seed=seed,
+        prime=prime,
+        stop=stop,
+    )
+    config.validate()
+    _, model, tokenizer, torch_device = load_for_inference(run, _root(ctx), weights, device)
+
+    stream = num == 1 and not as_json and output is None
+    out = sys.stdout
+
+    def on_text(index, piece):
+        out.write(piece)
+        out.flush()
+
+    samples = generate_samples(
+        model, tokenizer, config, torch_device, on_text=on_text if stream else None
+    )
+    if stream:
+        out.write("\n")
+        return
+    if as_json:
+        lines = [
+            json.dumps(
+                {"text": s.text, "tokens": s.tokens, "mean_logprob": s.mean_logprob},
+                ensure_ascii=False,
+            )
+            for s in samples
+        ]
+        rendered = "\n".join(lines) + "\n"
+    else:
+        rendered = "\n\n".join(s.text for s in samples) + "\n"
+    if output is None:
+        out.write(rendered)
+    else:
+        from chargen.checkpoint import write_atomic
+
+        write_atomic(Path(output), rendered.encode("utf-8"))
+        click.echo(f"Wrote {num} sample{'s' if num > 1 else ''} to {output}", err=True)
+
+
+# ------------------------------------------------------------------------------------ eval
+
+
+@cli.command("eval", context_settings=CONTEXT)
+@click.argument("args", nargs=-1, required=True, metavar="[RUN] FILE...")
+@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
+)
+@click.pass_context
+def eval_(ctx, args, weights, as_json, device):
+    """Score unseen text: loss in nats/token, bits per character, perplexity.
+
+    RUN is a run name or directory (default: the latest run); each FILE is a UTF-8 text.
+
+    \b
+    Examples:
+      chargen eval bard held_out.txt
+      chargen eval held_out.txt                    # the latest run
+      chargen eval bard a.txt b.txt --json
+    """
+    from chargen.console import console, fmt, table
+    from chargen.data import Stream, read_text
+    from chargen.session import load_for_inference
+    from chargen.train import evaluate
+
+    first = Path(args[0])
+    names_a_run = (first / "run.json").is_file() or (_root(ctx) / args[0] / "run.json").is_file()
+    if len(args) >= 2 and not first.is_file():
+        run_spec, files = args[0], args[1:]
+    elif len(args) == 1 and names_a_run:
+        raise CliError(f"give a text file to evaluate {args[0]!r} on: chargen eval RUN FILE", 2)
+    else:
+        run_spec, files = None, args
+    for file in files:
+        if not Path(file).is_file():
+            raise CliError(f"{file}: no such file", 2)
+    run, model, tokenizer, torch_device = load_for_inference(run_spec, _root(ctx), weights, device)
+    results = []
+    for file in files:
+        text = read_text(file)
+        unknown = tokenizer.unknown_pieces(text)
+        result = evaluate(model, Stream.of(tokenizer, text), torch_device)
+        results.append((file, result, len(unknown)))
+        if unknown and not as_json:
+            console.print(
+                f"[yellow]note:[/] {file}: {len(unknown)} kinds of token the model "
+                "never saw were scored as <unk>"
+            )
+    if as_json:
+        for file, result, unknown in results:
+            _echo_json(
+                {
+                    "run": run.name,
+                    "file": file,
+                    "nats_per_token": result.nats_per_token,
+                    "bits_per_char": result.bits_per_char,
+                    "perplexity": result.perplexity,
+                    "tokens": result.tokens,
+                    "chars": result.chars,
+                    "unknown_kinds": unknown,
+                }
+            )
+        return
+    rows = [
+        [
+            file,
+            fmt(r.nats_per_token),
+            fmt(r.bits_per_char, 3),
+            fmt(r.perplexity, 2),
+            f"{r.tokens:,}",
+        ]
+        for file, r, _ in results
+    ]
+    console.print(
+        table(
+            f"{run.name} ({weights} weights)",
+            ["file", "nats/token", "bits/char", "perplexity", "tokens"],
+            rows,
+        )
+    )
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@cli.group(context_settings=CONTEXT, cls=ChargenGroup)
+def checkpoints():
+    """List, inspect, remove and prune saved runs."""
+
+
+def _summary(run) -> dict:
+    state = run.info.get("state", {})
+    return {
+        "name": run.name,
+        "path": str(run.path),
+        "level": run.info["train"].get("level"),
+        "cell": run.info["model"].get("cell"),
+        "layers": run.info["model"].get("num_layers"),
+        "hidden": run.info["model"].get("hidden_size"),
+        "parameters": run.info.get("parameters"),
+        "steps": state.get("step", 0),
+        "tokens_seen": state.get("tokens_seen", 0),
+        "best_val_loss": state.get("best_val_loss"),
+        "best_val_bpc": state.get("best_val_bpc"),
+        "status": run.info.get("status"),
+        "resumable": run.info.get("resumable", False),
+        "corpus": run.info.get("corpus"),
+        "updated": run.info.get("updated"),
+        "disk_bytes": run.disk_bytes(),
+    }
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+@checkpoints.command("list", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="A JSON array on stdout.")
+@click.pass_context
+def checkpoints_list(ctx, as_json):
+    """List runs, most recently updated first.
+
+    \b
+    Example:
+      chargen checkpoints list
+    """
+    from chargen.checkpoint import list_runs
+    from chargen.console import console, fmt, table
+
+    root = _root(ctx)
+    runs = [_summary(r) for r in list_runs(root)]
+    if as_json:
+        _echo_json(runs)
+        return
+    if not runs:
+        console.print(f"No runs in {root}. Train one: chargen train CORPUS --name NAME")
+        return
+    rows = [
+        [
+            r["name"],
+            r["level"],
+            f"{r['cell']} {r['layers']}x{r['hidden']}",
+            f"{r['parameters']:,}",
+            f"{r['steps']:,}",
+            fmt(r["best_val_loss"]),
+            fmt(r["best_val_bpc"], 3),
+            r["status"] or "-",
+            _when(r["updated"]),
+        ]
+        for r in runs
+    ]
+    console.print(
+        table(
+            str(root),
+            [
+                "name",
+                "level",
+                "cell",
+                "params",
+                "steps",
+                "best val",
+                "bits/char",
+                "status",
+                "updated",
+            ],
+            rows,
+        )
+    )
+
+
+@checkpoints.command("show", context_settings=CONTEXT)
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Config, summary and metrics as JSON.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Also draw the loss curves to this PNG (needs matplotlib).",
+)
+@click.pass_context
+def checkpoints_show(ctx, run, as_json, plot):
+    """Show a run's config, metrics and validation loss curve.
+
+    \b
+    Example:
+      chargen checkpoints show bard --plot bard.png
+    """
+    from chargen.checkpoint import read_metrics, resolve_run
+    from chargen.console import console, fmt, loss_chart
+
+    found = resolve_run(run, _root(ctx))
+    metrics = read_metrics(found)
+    summary = _summary(found)
+    if plot:
+        _plot(metrics, plot, found.name)
+    if as_json:
+        _echo_json(
+            {
+                **summary,
+                "model": found.info["model"],
+                "train": found.info["train"],
+                "metrics": metrics,
+            }
+        )
+        return
+    console.print(f"[bold]{found.name}[/]  {found.path}")
+    for key in ("status", "corpus", "parameters", "steps", "tokens_seen", "resumable"):
+        console.print(f"  {key:<12} {summary[key]}")
+    console.print(
+        f"  {'best val':<12} {fmt(summary['best_val_loss'])} nats/token, "
+        f"{fmt(summary['best_val_bpc'], 3)} bits/char"
+    )
+    console.print(f"  {'disk':<12} {summary['disk_bytes'] / 1e6:.1f} MB")
+    console.print("  model        " + ", ".join(f"{k}={v}" for k, v in found.info["model"].items()))
+    console.print("  train        " + ", ".join(f"{k}={v}" for k, v in found.info["train"].items()))
+    if metrics:
+        console.print("\nValidation loss (nats/token):")
+        console.print(loss_chart([m["step"] for m in metrics], [m["val_loss"] for m in metrics]))
+
+
+def _plot(metrics: list[dict], path: str, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CliError("--plot needs matplotlib: pip install matplotlib", 1) from None
+    figure, axes = plt.subplots(figsize=(7, 4))
+    steps = [m["step"] for m in metrics]
+    axes.plot(steps, [m["train_loss"] for m in metrics], label="train")
+    axes.plot(steps, [m["val_loss"] for m in metrics], label="validation")
+    axes.set(xlabel="step", ylabel="loss (nats/token)", title=title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    click.echo(f"Wrote {path}", err=True)
+
+
+@checkpoints.command("rm", context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, required=True)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def checkpoints_rm(ctx, runs, yes):
+    """Delete runs.
+
+    \b
+    Example:
+      chargen checkpoints rm old-run other-run --yes
+    """
+    from chargen.checkpoint import remove_run, resolve_run
+
+    found = [resolve_run(name, _root(ctx)) for name in runs]
+    names = ", ".join(r.name for r in found)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CliError(f"refusing to delete {names} without confirmation; add --yes", 2)
+        click.confirm(f"Delete {names}?", abort=True, err=True)
+    for run in found:
+        remove_run(run)
+        click.echo(f"Deleted {run.name} ({run.path})", err=True)
+
+
+@checkpoints.command("prune", context_settings=CONTEXT)
+@click.argument("runs", nargs=-1)
+@click.option("--all", "all_runs", is_flag=True, help="Prune every finished run.")
+@click.option("--best-only", is_flag=True, help="Also delete the last weights, keep the best.")
+@click.pass_context
+def checkpoints_prune(ctx, runs, all_runs, best_only):
+    """Free disk: drop resume state (optimizer moments) from finished runs.
+
+    A pruned run still samples and evaluates but can no longer be resumed.
+
+    \b
+    Examples:
+      chargen checkpoints prune bard
+      chargen checkpoints prune --all --best-only
+    """
+    from chargen.checkpoint import list_runs, prune_run, resolve_run
+
+    root = _root(ctx)
+    if all_runs:
+        found = [r for r in list_runs(root) if r.info.get("status") == "finished"]
+    elif runs:
+        found = [resolve_run(name, root) for name in runs]
+    else:
+        raise CliError("name the runs to prune, or use --all", 2)
+    total = 0
+    for run in found:
+        freed = prune_run(run, best_only=best_only)
+        total += freed
+        click.echo(f"{run.name}: freed {freed / 1e6:.1f} MB", err=True)
+    click.echo(f"Freed {total / 1e6:.1f} MB in {len(found)} run(s)", err=True)

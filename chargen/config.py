@@ -1,0 +1,156 @@
+"""Configuration dataclasses for the model, training and sampling.
+
+Each field has a default and a one-line reason. Values that come from data (the vocabulary size)
+are filled in from the tokenizer, never guessed. This module validates values and converts to and
+from plain dicts for JSON; it knows nothing about torch, files or the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from chargen.errors import UsageError
+
+CELLS = ("rnn", "lstm", "gru")
+"""Recurrent cell names; the model's registry and the CLI's choices both read this tuple."""
+
+LEVELS = ("char", "word")
+"""Tokenizer levels; ``chargen.tokenizer`` maps each to its builder."""
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "lstm"  # LSTM learns long dependencies the plain RNN's vanishing gradients lose
+    vocab_size: int = 0  # filled in from the tokenizer
+    embedding_dim: int = 64  # a character needs far fewer dimensions than the hidden state
+    hidden_size: int = 512  # the width that trains best in two CPU minutes on 1 MB of text
+    num_layers: int = 1  # one wide layer beats two narrow ones per CPU-second at this scale
+    dropout: float = 0.0  # short runs underfit; raise it for long runs on small corpora
+    tie_weights: bool = (
+        False  # share input and output embeddings (needs embedding_dim == hidden_size)
+    )
+
+    def validate(self) -> None:
+        if self.cell not in CELLS:
+            raise UsageError(f"unknown cell {self.cell!r}; choose one of: {', '.join(CELLS)}")
+        for name in ("embedding_dim", "hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_weights and self.embedding_dim != self.hidden_size:
+            raise UsageError(
+                "--tie-weights needs --embedding equal to --hidden "
+                f"(got {self.embedding_dim} and {self.hidden_size})"
+            )
+
+
+@dataclass
+class TrainConfig:
+    level: str = "char"  # character level needs no vocabulary cap and never meets <unk>
+    vocab_size: int = 10_000  # word level: keep the most frequent tokens, map the rest to <unk>
+    min_freq: int = 1  # word level: drop tokens seen fewer times than this
+    batch_size: int = 32  # parallel streams of the corpus trained together
+    seq_len: int = 64  # BPTT window; the hidden state carries context across windows
+    lr: float = 2e-3  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    warmup_steps: int = 100  # linear warm-up avoids early blow-ups from Adam's fresh moments
+    min_lr_frac: float = 0.1  # cosine decay ends at this fraction of the peak rate
+    clip: float = 1.0  # gradient-norm clipping against exploding gradients (Pascanu et al. 2013)
+    val_frac: float = 0.1  # the end of the corpus held out for validation
+    eval_every: int = 500  # steps between validation passes (and checkpoint saves)
+    patience: int = 0  # stop after this many evaluations without improvement; 0 never stops
+    max_steps: int | None = None  # stop after this many optimizer steps
+    epochs: float | None = None  # stop after this many passes over the training split
+    time_limit: float | None = None  # stop after this many seconds of training
+    seed: int = 1337  # makes a CPU run reproducible
+    device: str = "auto"  # cuda, then mps, then cpu
+    precision: str = "auto"  # bf16 autocast where the hardware has it, else fp32
+    threads: int | None = None  # torch intra-op threads; None keeps torch's choice
+
+    def validate(self) -> None:
+        if self.level not in LEVELS:
+            raise UsageError(f"unknown level {self.level!r}; choose one of: {', '.join(LEVELS)}")
+        for name in ("vocab_size", "min_freq", "batch_size", "seq_len", "eval_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UsageError(f"learning rate must be positive, got {self.lr}")
+        if self.clip <= 0:
+            raise UsageError(f"clip must be positive, got {self.clip}")
+        if not 0.0 < self.val_frac < 1.0:
+            raise UsageError(f"val_frac must be between 0 and 1, got {self.val_frac}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise UsageError(f"epochs must be positive, got {self.epochs}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise UsageError(f"time limit must be positive, got {self.time_limit}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+
+    @property
+    def has_limit(self) -> bool:
+        return any(v is not None for v in (self.max_steps, self.epochs, self.time_limit))
+
+
+@dataclass
+class SampleConfig:
+    length: int = 500  # tokens to generate per sample
+    temperature: float = 0.8  # below 1 sharpens the distribution; 0 means greedy
+    top_k: int | None = None  # keep only the k most likely tokens
+    top_p: float | None = None  # keep the smallest set of tokens whose mass reaches p
+    num: int = 1  # samples generated together as one batch
+    seed: int | None = None  # fixed seed, same text
+    prime: str = ""  # text that warms up the hidden state before generation
+    stop: str | None = None  # each sample ends at its first occurrence of this text
+
+    def validate(self) -> None:
+        if self.length < 1:
+            raise UsageError(f"length must be at least 1, got {self.length}")
+        if self.temperature < 0:
+            raise UsageError(f"temperature must be 0 or more, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"top-k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise UsageError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.num < 1:
+            raise UsageError(f"num must be at least 1, got {self.num}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: dict[str, Any]):
+    """Build a config from a dict, ignoring keys this version does not know."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """``'90s'``, ``'10m'``, ``'1.5h'`` or a bare number of seconds, as seconds."""
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"cannot read duration {text!r}; write it like 90s, 10m or 1h")
+    unit = (match.group(2) or "s").lower()
+    return float(match.group(1)) * _UNIT_SECONDS[unit]
+
+
+__all__ = [
+    "CELLS",
+    "LEVELS",
+    "ModelConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "from_dict",
+    "parse_duration",
+    "to_dict",
+]

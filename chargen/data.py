@@ -1,0 +1,168 @@
+"""Corpora in, token batches out.
+
+Reads UTF-8 corpora (saying where a file is not UTF-8), splits off the validation part from the end,
+and lays a token array out as B parallel streams cut into (B, T) windows for truncated
+backpropagation through time. Knows nothing about models or training loops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chargen.errors import CorpusError
+
+BOM = "\ufeff"
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file, without a leading byte-order mark.
+
+    Raises ``CorpusError`` naming the line and column of the first byte that is not UTF-8.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorpusError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CorpusError(f"{path}: is a directory, not a text file") from None
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise CorpusError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, "
+            f"column {column}, offset {exc.start}); convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    return text.removeprefix(BOM)
+
+
+def read_corpus(path: str | Path) -> str:
+    """``read_text`` that also refuses files with nothing to learn from."""
+    text = read_text(path)
+    if not text.strip():
+        raise CorpusError(f"{path}: the corpus is empty or only whitespace; give a file with text")
+    return text
+
+
+def split_text(text: str, val_frac: float) -> tuple[str, str]:
+    """Training text and validation text: the last ``val_frac`` of the characters is validation."""
+    cut = int(len(text) * (1.0 - val_frac))
+    return text[:cut], text[cut:]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Token ids of a text together with how many characters their predictions cover.
+
+    Bits per character divide the total loss by ``chars``: the characters of every token but the
+    first, which nothing predicts.
+    """
+
+    ids: np.ndarray
+    chars: int
+
+    @classmethod
+    def of(cls, tokenizer, text: str) -> Stream:
+        ids = tokenizer.encode(text)
+        if len(ids) == 0:
+            return cls(ids=ids, chars=0)
+        # An <unk> first token stands for text of unknown length; count it as one character.
+        first_chars = len(tokenizer.pieces[ids[0]]) if ids[0] != 0 else 1
+        return cls(ids=ids, chars=max(len(text) - first_chars, 0))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Batches:
+    """Windows of B parallel streams for truncated BPTT.
+
+    The training ids are cut into ``batch_size`` contiguous streams; window ``k`` of an epoch is
+    columns ``[shift + k*T, shift + (k+1)*T)`` of every stream, and its targets are the same columns
+    one token later. Consecutive windows continue each other, so the hidden state at the end of one
+    window is the right starting state for the next. Each epoch starts at a fresh random shift
+    (seeded) so windows do not always cut the text at the same places.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int):
+        if len(ids) < seq_len + 1:
+            raise CorpusError(
+                f"the training text has {len(ids)} tokens, fewer than one window of {seq_len} + 1; "
+                "give a longer corpus or a smaller --window"
+            )
+        # A small corpus gets fewer streams rather than an error: each stream needs one window.
+        self.batch_size = min(batch_size, (len(ids) - 1) // seq_len)
+        self.seq_len = seq_len
+        self.seed = seed
+        self.stream_len = (len(ids) - 1) // self.batch_size  # (B, L) inputs and (B, L) targets
+        usable = ids[: self.batch_size * self.stream_len + 1]
+        self.inputs = torch.from_numpy(usable[:-1].reshape(self.batch_size, -1).copy())  # (B, L)
+        self.targets = torch.from_numpy(usable[1:].reshape(self.batch_size, -1).copy())  # (B, L)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def shift(self, epoch: int) -> int:
+        if epoch == 0:
+            return 0
+        limit = min(self.seq_len, self.stream_len - self.seq_len + 1)
+        return int(np.random.default_rng([self.seed, epoch]).integers(limit))
+
+    def windows_in_epoch(self, epoch: int) -> int:
+        return (self.stream_len - self.shift(epoch)) // self.seq_len
+
+    @property
+    def steps_per_epoch(self) -> float:
+        """Average windows per epoch, for turning ``--epochs`` into steps."""
+        return self.stream_len / self.seq_len
+
+    def window(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.shift(epoch) + index * self.seq_len
+        stop = start + self.seq_len
+        return self.inputs[:, start:stop], self.targets[:, start:stop]  # (B, T), (B, T)
+
+
+def eval_layout(
+    ids: np.ndarray, max_streams: int = 64, min_stream_len: int = 512
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every prediction of ``ids`` as (inputs, targets) stream blocks for evaluation.
+
+    Most predictions go into at most ``max_streams`` parallel streams (B, L) of at least
+    ``min_stream_len`` tokens where the text allows; the few left over, if any,
+    form one more block of a single stream. Together they cover each of the ``len(ids) - 1``
+    predictions exactly once.
+    """
+    predictions = len(ids) - 1
+    if predictions < 1:
+        return []
+    # Each stream starts from a zero state, so keep streams long enough that the cold start
+    # is a small part of them.
+    streams = max(1, min(max_streams, predictions // min_stream_len))
+    length = predictions // streams
+    blocks = []
+    main = streams * length
+    inputs = torch.from_numpy(ids[:main].reshape(streams, length).copy())
+    targets = torch.from_numpy(ids[1 : main + 1].reshape(streams, length).copy())
+    blocks.append((inputs, targets))
+    if main < predictions:
+        blocks.append(
+            (
+                torch.from_numpy(ids[main:-1].copy())[None],
+                torch.from_numpy(ids[main + 1 :].copy())[None],
+            )
+        )
+    return blocks
+
+
+def bits_per_char(total_nats: float, chars: int) -> float:
+    return total_nats / max(chars, 1) / math.log(2)

@@ -1,0 +1,162 @@
+"""Put a training run together: corpus, tokenizer, model, trainer and run directory.
+
+``start_training`` is what ``chargen train`` does before the loop: read and split the corpus,
+build the tokenizer (or take the saved one when resuming), build the model and trainer, and make
+or reopen the run directory. ``save_checkpoint`` is what it does at every evaluation and at the end.
+Nothing here draws or prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from chargen import checkpoint
+from chargen.config import ModelConfig, TrainConfig, from_dict, to_dict
+from chargen.data import Batches, Stream, read_corpus, split_text
+from chargen.device import pick_device, set_threads, use_bf16
+from chargen.errors import CheckpointError, UsageError
+from chargen.model import RNNLanguageModel
+from chargen.tokenizer import Tokenizer
+from chargen.train import EvalResult, Trainer
+
+RESUME_OVERRIDABLE = (
+    "max_steps",
+    "epochs",
+    "time_limit",
+    "eval_every",
+    "patience",
+    "device",
+    "precision",
+    "threads",
+)
+"""Training options a resumed run may change; the rest define the run and stay as saved."""
+
+
+@dataclass
+class TrainingSession:
+    run: checkpoint.Run
+    trainer: Trainer
+    tokenizer: Tokenizer
+    resumed_from_step: int
+    corpus_changed: bool  # resuming on a corpus that differs from the one the run started on
+
+
+def corpus_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def start_training(
+    corpus: str | Path | None,
+    name: str,
+    root: Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    resume: bool = False,
+    force: bool = False,
+    overrides: dict | None = None,
+) -> TrainingSession:
+    """A trainer ready to run, with its run directory; on ``resume``, restored to where it stopped.
+
+    ``overrides`` are options the user gave explicitly when resuming; only those in
+    ``RESUME_OVERRIDABLE`` may differ from the saved run.
+    """
+    checkpoint.check_name(name)
+    if resume:
+        run = checkpoint.resolve_run(name, root)
+        saved = from_dict(TrainConfig, run.info["train"])
+        overrides = overrides or {}
+        fixed = sorted(k for k in overrides if k not in RESUME_OVERRIDABLE)
+        if fixed:
+            options = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise UsageError(f"{options}: cannot change on --resume; start a new run with --name")
+        train_config = replace(saved, **overrides)
+        model_config = run.model_config
+        corpus = corpus or run.info.get("corpus")
+        if corpus is None:
+            raise UsageError("give the corpus to resume on")
+    elif corpus is None:
+        raise UsageError("missing CORPUS: the text file to train on")
+    train_config.validate()
+    model_config.validate()
+
+    text = read_corpus(corpus)
+    train_text, val_text = split_text(text, train_config.val_frac)
+    device = pick_device(train_config.device)
+    bf16 = use_bf16(device, train_config.precision)
+    set_threads(train_config.threads)
+    torch.manual_seed(train_config.seed)
+
+    if resume:
+        tokenizer = checkpoint.load_tokenizer(run)
+    else:
+        tokenizer = Tokenizer.train(
+            train_text, train_config.level, train_config.vocab_size, train_config.min_freq
+        )
+        model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
+    train_ids = tokenizer.encode(train_text)
+    if len(train_ids) < train_config.seq_len + 1:
+        raise UsageError(
+            f"{corpus}: the training part has {len(train_ids)} tokens, fewer than one window "
+            f"({train_config.seq_len} + 1); give a longer corpus or a smaller --window"
+        )
+    batches = Batches(train_ids, train_config.batch_size, train_config.seq_len, train_config.seed)
+    val = Stream.of(tokenizer, val_text)
+    model = RNNLanguageModel(model_config)
+    trainer = Trainer(model, batches, val, train_config, device, bf16)
+
+    digest = corpus_digest(text)
+    if resume:
+        checkpoint.restore_trainer(run, trainer)
+        checkpoint.update_info(run, train=to_dict(train_config))
+        changed = run.info.get("corpus_sha256") not in (None, digest)
+    else:
+        run = checkpoint.create_run(
+            root,
+            name,
+            tokenizer,
+            model_config,
+            train_config,
+            str(corpus),
+            model.num_parameters(),
+            force=force,
+        )
+        checkpoint.update_info(run, corpus_sha256=digest, corpus_chars=len(text))
+        changed = False
+    return TrainingSession(run, trainer, tokenizer, trainer.state.step, changed)
+
+
+def save_checkpoint(session: TrainingSession, result: EvalResult | None, status: str) -> None:
+    """Save best weights if the last evaluation improved, then the resumable last state."""
+    trainer, run = session.trainer, session.run
+    if result is not None:
+        state = trainer.state
+        checkpoint.append_metrics(
+            run,
+            {
+                "step": state.step,
+                "tokens_seen": state.tokens_seen,
+                "elapsed": round(state.elapsed, 3),
+                "train_loss": state.loss,
+                "val_loss": result.nats_per_token,
+                "val_bpc": result.bits_per_char,
+                "lr": trainer.learning_rate(),
+            },
+        )
+        if trainer.improved:
+            checkpoint.save_best(run, trainer)
+    checkpoint.save_last(run, trainer, status)
+
+
+def load_for_inference(spec: str | None, root: Path, weights: str, device_name: str = "auto"):
+    """The run, model and tokenizer for sampling or evaluation."""
+    run = checkpoint.resolve_run(spec, root)
+    device = pick_device(device_name)
+    try:
+        model, tokenizer = checkpoint.load_model(run, weights, device)
+    except CheckpointError:
+        raise
+    return run, model, tokenizer, device

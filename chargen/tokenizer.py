@@ -1,0 +1,150 @@
+"""Tokenizers: text to token ids and back, built on Hugging Face ``tokenizers``.
+
+Each level is a ``WordLevel`` model over pieces cut by a pre-tokenizer regex, with the ``Fuse``
+decoder so decoding concatenates pieces instead of joining them with spaces:
+
+- ``char``: every character is a piece (``[\\s\\S]``: a plain ``.`` would skip newlines).
+- ``word``: runs of word characters, single punctuation marks and single whitespace characters are
+  pieces, so whitespace and punctuation survive the round trip exactly.
+
+The saved ``tokenizer.json`` is a standard file that ``tokenizers.Tokenizer.from_file`` loads and
+that encodes exactly as this module does. Encoding a whole corpus goes through fast paths (a numpy
+lookup for characters, batched encoding for words) that give the same ids as the Hugging Face
+tokenizer; one ``encode`` call on a megabyte string would take seconds.
+
+This module knows nothing about models, files on disk or the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from chargen.config import LEVELS
+from chargen.errors import TokenizerError, UsageError
+
+UNK = "<unk>"
+"""Stands for any piece outside the vocabulary; always id 0."""
+
+_PATTERNS = {
+    "char": r"[\s\S]",
+    "word": r"\w+|[^\w\s]|\s",
+}
+_CHUNK_CHARS = 1 << 16  # corpus pieces handed to encode_batch; big enough to amortise call cost
+
+
+class Tokenizer:
+    """A trained tokenizer of one level, wrapping a Hugging Face ``Tokenizer``."""
+
+    def __init__(self, hf: HFTokenizer, level: str):
+        if level not in LEVELS:
+            raise UsageError(f"unknown level {level!r}; choose one of: {', '.join(LEVELS)}")
+        self.hf = hf
+        self.level = level
+        vocab = hf.get_vocab()
+        if vocab.get(UNK) != 0:
+            raise TokenizerError(
+                f"tokenizer has no {UNK} token at id 0; it was not made by chargen"
+            )
+        self.pieces: list[str] = [""] * len(vocab)
+        for piece, index in vocab.items():
+            self.pieces[index] = piece
+        self._vocab = vocab
+        self._char_table: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- building and storing
+
+    @classmethod
+    def train(cls, text: str, level: str = "char", vocab_size: int = 10_000, min_freq: int = 1):
+        """Build the vocabulary of ``level`` from ``text``.
+
+        Ids are deterministic: characters in code-point order; words by falling frequency (the
+        ``WordLevelTrainer``'s order). ``vocab_size`` and ``min_freq`` cap the word vocabulary
+        (``<unk>`` included in the count).
+        """
+        if level not in LEVELS:
+            raise UsageError(f"unknown level {level!r}; choose one of: {', '.join(LEVELS)}")
+        if level == "char":
+            pieces = sorted(set(text) - {UNK})
+            vocab = {UNK: 0} | {piece: i + 1 for i, piece in enumerate(pieces)}
+            return cls(_build_hf(vocab, level), level)
+        # Count word pieces with the tokenizer's own pre-tokenizer: Python's re and the Rust
+        # regex engine disagree on what \w matches (combining marks, for one).
+        hf = _build_hf({UNK: 0}, level)
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size, min_frequency=min_freq, special_tokens=[UNK], show_progress=False
+        )
+        hf.train_from_iterator(list(_chunks(text)), trainer)
+        return cls(hf, level)
+
+    @classmethod
+    def from_json(cls, data: str, level: str):
+        try:
+            hf = HFTokenizer.from_str(data)
+        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+            raise TokenizerError(f"tokenizer.json is not a valid tokenizer file: {exc}") from None
+        return cls(hf, level)
+
+    def to_json(self) -> str:
+        return self.hf.to_str(pretty=True)
+
+    # ----------------------------------------------------------------- encoding and decoding
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text`` as an int64 array, equal to what the HF tokenizer gives."""
+        if not text:
+            return np.zeros(0, dtype=np.int64)
+        if self.level == "char":
+            return self._encode_chars(text)
+        ids: list[int] = []
+        for encoding in self.hf.encode_batch(list(_chunks(text)), add_special_tokens=False):
+            ids.extend(encoding.ids)
+        return np.asarray(ids, dtype=np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; ``<unk>`` decodes to the literal ``<unk>``."""
+        pieces = self.pieces
+        return "".join(pieces[i] for i in ids)
+
+    def unknown_pieces(self, text: str) -> list[str]:
+        """Pieces of ``text`` outside the vocabulary, in order of first appearance."""
+        found = self.hf.pre_tokenizer.pre_tokenize_str(text)
+        return list(dict.fromkeys(p for p, _ in found if p not in self._vocab))
+
+    def _encode_chars(self, text: str) -> np.ndarray:
+        if self._char_table is None:
+            # id of every code point up to the largest known one; one slot past it stays 0 (<unk>)
+            # so that np.take's clipping sends every larger code point there.
+            singles = {ord(p): i for p, i in self._vocab.items() if len(p) == 1}
+            self._char_table = np.zeros(max(singles, default=0) + 2, dtype=np.int64)
+            self._char_table[list(singles)] = list(singles.values())
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point each
+        return np.take(self._char_table, codes, mode="clip")
+
+
+def _build_hf(vocab: dict[str, int], level: str) -> HFTokenizer:
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(_PATTERNS[level]), behavior="isolated")
+    hf.decoder = decoders.Fuse()
+    return hf
+
+
+def _chunks(text: str) -> Iterable[str]:
+    """Cut ``text`` after newlines into pieces of about ``_CHUNK_CHARS``.
+
+    Every level's pieces end at a newline (a newline is a piece of its own), so encoding the
+    chunks separately gives the same ids as encoding the whole text.
+    """
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + _CHUNK_CHARS)
+        end = len(text) if end == -1 else end + 1
+        yield text[start:end]
+        start = end

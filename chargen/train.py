@@ -1,0 +1,229 @@
+"""Training: truncated BPTT with AdamW, warm-up and cosine decay, clipping, validation, early stop.
+
+``Trainer.run`` is the loop. It prints nothing, draws nothing and writes no files: it reports
+through ``on_step`` and ``on_eval`` callbacks and asks ``should_stop`` between steps, so the CLI
+decides about progress bars, checkpoints and Ctrl-C. Everything needed to continue a run exactly
+(weights, optimizer, data position, carried hidden state, RNG) is in the trainer and its
+``TrainState``, which ``chargen.checkpoint`` saves and restores.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from chargen.config import TrainConfig
+from chargen.data import Batches, Stream, bits_per_char, eval_layout
+from chargen.device import autocast
+from chargen.model import Hidden, RNNLanguageModel, detach_hidden
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved with every checkpoint so ``--resume`` continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    window: int = 0  # next window of the epoch
+    tokens_seen: int = 0
+    elapsed: float = 0.0  # seconds of training, summed over resumed sessions
+    loss: float = math.nan  # training loss of the last step
+    val_loss: float | None = None  # validation loss of the last evaluation, nats/token
+    val_bpc: float | None = None  # the same in bits per character
+    best_val_loss: float | None = None
+    best_val_bpc: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0  # evaluations in a row without a new best
+    stop_reason: str | None = None  # why the last run() returned
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    nats_per_token: float
+    bits_per_char: float
+    tokens: int  # predictions scored
+    chars: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.nats_per_token, 700.0))
+
+
+@torch.inference_mode()
+def evaluate(
+    model: RNNLanguageModel,
+    stream: Stream,
+    device: torch.device,
+    bf16: bool = False,
+    window: int = 256,
+) -> EvalResult:
+    """Mean loss of ``model`` over every prediction of ``stream``, carrying state across windows."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for inputs, targets in eval_layout(stream.ids):
+        hidden = model.init_hidden(inputs.shape[0])
+        for start in range(0, inputs.shape[1], window):
+            x = inputs[:, start : start + window].to(device)  # (B, T)
+            y = targets[:, start : start + window].to(device)  # (B, T)
+            with autocast(device, bf16):
+                logits, hidden = model(x, hidden)
+            total += F.cross_entropy(
+                logits.float().flatten(0, 1), y.flatten(), reduction="sum"
+            ).item()
+            count += y.numel()
+    model.train(was_training)
+    if count == 0:
+        return EvalResult(math.nan, math.nan, 0, 0)
+    return EvalResult(total / count, bits_per_char(total, stream.chars), count, stream.chars)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: RNNLanguageModel,
+        batches: Batches,
+        val: Stream | None,
+        config: TrainConfig,
+        device: torch.device,
+        bf16: bool = False,
+    ):
+        self.model = model.to(device)
+        self.batches = batches
+        self.val = val
+        self.config = config
+        self.device = device
+        self.bf16 = bf16
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
+        )
+        self.state = TrainState()
+        self.hidden: Hidden = model.init_hidden(batches.batch_size)
+
+    # ------------------------------------------------------------------ schedule and limits
+
+    @property
+    def max_steps(self) -> int | None:
+        """The step budget implied by ``--max-steps`` and ``--epochs``; None if only time limits."""
+        budgets = []
+        if self.config.max_steps is not None:
+            budgets.append(self.config.max_steps)
+        if self.config.epochs is not None:
+            budgets.append(max(1, round(self.config.epochs * self.batches.steps_per_epoch)))
+        return min(budgets) if budgets else None
+
+    def progress(self) -> float:
+        """Fraction of the run done, by whichever limit is nearest; drives the LR schedule."""
+        fractions = [0.0]
+        if self.max_steps is not None:
+            fractions.append(self.state.step / self.max_steps)
+        if self.config.time_limit is not None:
+            fractions.append(self.state.elapsed / self.config.time_limit)
+        return min(max(fractions), 1.0)
+
+    def learning_rate(self) -> float:
+        """Linear warm-up, then cosine decay to ``min_lr_frac`` of the peak at the end."""
+        peak = self.config.lr
+        if self.state.step < self.config.warmup_steps:
+            return peak * (self.state.step + 1) / self.config.warmup_steps
+        floor = peak * self.config.min_lr_frac
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * self.progress()))
+
+    def _limit_reached(self) -> str | None:
+        if self.max_steps is not None and self.state.step >= self.max_steps:
+            return "max_steps" if self.max_steps == self.config.max_steps else "epochs"
+        if self.config.time_limit is not None and self.state.elapsed >= self.config.time_limit:
+            return "time"
+        return None
+
+    # ------------------------------------------------------------------ the loop
+
+    def train_step(self) -> float:
+        state, batches = self.state, self.batches
+        if state.window >= batches.windows_in_epoch(state.epoch):
+            # A new epoch starts at a new shift: the streams no longer continue the last window.
+            state.epoch += 1
+            state.window = 0
+            self.hidden = self.model.init_hidden(batches.batch_size)
+        x, y = batches.window(state.epoch, state.window)
+        x, y = x.to(self.device), y.to(self.device)  # (B, T), (B, T)
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.device, self.bf16):
+            logits, hidden = self.model(x, self.hidden)
+        # Mean cross-entropy over every time step of every stream.
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # Clip the global gradient norm: BPTT gradients can explode (Pascanu et al. 2013).
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        self.optimizer.step()
+        self.hidden = detach_hidden(hidden)
+        state.step += 1
+        state.window += 1
+        state.tokens_seen += x.numel()
+        state.loss = loss.item()
+        return state.loss
+
+    def evaluate(self) -> EvalResult | None:
+        if self.val is None or len(self.val) < 2:
+            return None
+        result = evaluate(self.model, self.val, self.device, self.bf16)
+        state = self.state
+        state.val_loss, state.val_bpc = result.nats_per_token, result.bits_per_char
+        if state.best_val_loss is None or result.nats_per_token < state.best_val_loss:
+            state.best_val_loss, state.best_val_bpc = result.nats_per_token, result.bits_per_char
+            state.best_step = state.step
+            state.bad_evals = 0
+        else:
+            state.bad_evals += 1
+        return result
+
+    @property
+    def improved(self) -> bool:
+        """Whether the last evaluation set a new best."""
+        return self.state.best_step == self.state.step and self.state.val_loss is not None
+
+    def run(
+        self,
+        on_step: Callable[[Trainer], None] | None = None,
+        on_eval: Callable[[Trainer, EvalResult | None], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> TrainState:
+        """Train until a limit, patience or ``should_stop``; evaluate every ``eval_every`` steps
+        and once at the end. Returns the state, with ``stop_reason`` set."""
+        self.model.train()
+        state = self.state
+        state.stop_reason = None
+        started, elapsed_before = time.perf_counter(), state.elapsed
+        last_eval_step = state.step if state.val_loss is not None else -1
+        while True:
+            reason = self._limit_reached()
+            if reason is None and should_stop():
+                reason = "interrupted"
+            if reason is not None:
+                break
+            self.train_step()
+            state.elapsed = elapsed_before + time.perf_counter() - started
+            if on_step:
+                on_step(self)
+            if state.step % self.config.eval_every == 0:
+                result = self.evaluate()
+                last_eval_step = state.step
+                if on_eval:
+                    on_eval(self, result)
+                if self.config.patience and state.bad_evals >= self.config.patience:
+                    reason = "patience"
+                    break
+        if last_eval_step != state.step and state.step > 0 and reason != "interrupted":
+            result = self.evaluate()
+            if on_eval:
+                on_eval(self, result)
+        state.stop_reason = reason
+        return state

@@ -1,0 +1,161 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from chargen import checkpoint
+from tests.cli_helpers import TINY, run, train
+
+
+def test_train_writes_a_self_contained_run_and_a_json_summary(corpus, tmp_path):
+    result = train(corpus, "bard", "--json")
+    summary = json.loads(result.stdout)
+    assert summary["name"] == "bard" and summary["steps"] == 20
+    assert summary["tokens_seen"] == 20 * 4 * 16
+    assert summary["best_val_loss"] > 0 and summary["best_val_bpc"] > 0
+    run_dir = tmp_path / "checkpoints" / "bard"
+    assert {p.name for p in run_dir.iterdir()} == {
+        "run.json",
+        "tokenizer.json",
+        "best.safetensors",
+        "last.safetensors",
+        "metrics.jsonl",
+    }
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [10, 20]
+
+
+def test_default_name_is_the_corpus_file_name(corpus, tmp_path):
+    run("train", corpus, *TINY)
+    assert (tmp_path / "checkpoints" / "verse" / "run.json").is_file()
+
+
+def test_existing_run_is_refused_without_resume_or_force(corpus, tmp_path):
+    train(corpus, "bard")
+    best = (tmp_path / "checkpoints" / "bard" / "best.safetensors").read_bytes()
+    result = run("train", corpus, "--name", "bard", *TINY)
+    assert result.exit_code == 2
+    assert "a run named 'bard' already exists" in result.stderr
+    assert (tmp_path / "checkpoints" / "bard" / "best.safetensors").read_bytes() == best
+    assert run("train", corpus, "--name", "bard", "--force", *TINY).exit_code == 0
+
+
+def test_resume_continues_from_the_saved_step(corpus, tmp_path):
+    train(corpus, "bard")
+    result = run("train", "--name", "bard", "--resume", "--max-steps", "30", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["steps"] == 30
+
+
+def test_resume_refuses_to_change_the_model(corpus):
+    train(corpus, "bard")
+    result = run("train", corpus, "--name", "bard", "--resume", "--hidden", "64")
+    assert result.exit_code == 2 and "--hidden: cannot change on --resume" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty or only whitespace"),
+        (b"  \n\n\t ", "empty or only whitespace"),
+        (b"good start\n\xff\xfe bad", "not UTF-8 text (byte 0xff at line 2, column 1"),
+        (b"too short", "fewer than one window"),
+    ],
+)
+def test_unusable_corpus_is_one_line_error(tmp_path, content, message):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    result = run("train", path, *TINY)
+    assert result.exit_code in (1, 2)
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_corpus_is_a_usage_error(tmp_path):
+    result = run("train", tmp_path / "nope.txt")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--hidden", "0"],
+        ["--layers", "0"],
+        ["--batch-size", "0"],
+        ["--window", "0"],
+        ["--lr", "0"],
+        ["--time", "soon"],
+        ["--dropout", "1"],
+    ],
+)
+def test_bad_sizes_are_usage_errors(corpus, option):
+    result = run("train", corpus, *option)
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option[0]}'" in result.stderr
+
+
+def test_tie_weights_with_unequal_sizes_is_a_usage_error(corpus):
+    result = run("train", corpus, "--tie-weights", "--hidden", "32", "--embedding", "8")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "Error: --tie-weights needs --embedding equal to --hidden (got 8 and 32)"
+    )
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_smoke_every_cell_and_level_trains_saves_and_samples(corpus, cell, level):
+    train(corpus, "m", "--cell", cell, "--level", level, "--layers", "2", "--dropout", "0.1")
+    result = run("sample", "m", "--length", "20", "--seed", "1")
+    assert result.exit_code == 0 and len(result.stdout) > 5
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_zero(corpus, tmp_path):
+    env = dict(os.environ, CHARGEN_CHECKPOINTS=str(tmp_path / "checkpoints"))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chargen",
+            "train",
+            str(corpus),
+            "--name",
+            "ctrlc",
+            "--hidden",
+            "24",
+            "--batch-size",
+            "4",
+            "--window",
+            "16",
+            "--eval-every",
+            "1000000",
+            "--time",
+            "60s",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = tmp_path / "checkpoints" / "ctrlc" / "run.json"
+    deadline = time.time() + 60
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # let it train some steps
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "Interrupted at step" in stderr and "--resume" in stderr
+    found = checkpoint.open_run(last.parent)
+    assert found.info["status"] == "interrupted" and found.info["resumable"]
+    step = found.info["state"]["step"]
+    assert step > 0
+    result = run(
+        "train", "--name", "ctrlc", "--resume", "--max-steps", str(step + 5), "--quiet", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["steps"] == step + 5

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from chargen.config import CELLS, ModelConfig
+from chargen.errors import UsageError
+from chargen.model import CELL_TYPES, RNNLanguageModel, detach_hidden
+
+
+def make(cell, **changes):
+    torch.manual_seed(0)
+    return RNNLanguageModel(
+        ModelConfig(cell=cell, vocab_size=11, embedding_dim=8, hidden_size=12, **changes)
+    ).eval()
+
+
+def test_registry_lists_every_configurable_cell():
+    assert tuple(CELL_TYPES) == CELLS
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_logits_have_batch_time_vocab_shape(cell, layers):
+    model = make(cell, num_layers=layers)
+    logits, _ = model(torch.randint(0, 11, (3, 5)))
+    assert logits.shape == (3, 5, 11)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_carried_hidden_state_equals_one_long_pass(cell):
+    model = make(cell, num_layers=2)
+    ids = torch.randint(0, 11, (2, 20))
+    whole, _ = model(ids, model.init_hidden(2))
+    first, hidden = model(ids[:, :7], model.init_hidden(2))
+    second, _ = model(ids[:, 7:], detach_hidden(hidden))
+    assert torch.allclose(torch.cat([first, second], dim=1), whole, atol=1e-6)
+
+
+def test_plain_rnn_is_the_tanh_recurrence():
+    model = make("rnn")
+    ids = torch.tensor([[3, 1, 4]])
+    logits, _ = model(ids)
+    rnn = model.rnn
+    h = torch.zeros(12)
+    for t in range(3):
+        x = model.embedding.weight[ids[0, t]]
+        h = torch.tanh(
+            rnn.weight_hh_l0 @ h + rnn.weight_ih_l0 @ x + rnn.bias_hh_l0 + rnn.bias_ih_l0
+        )
+    assert torch.allclose(model.head(h), logits[0, -1], atol=1e-5)
+
+
+def test_tied_weights_share_one_matrix():
+    model = RNNLanguageModel(
+        ModelConfig(vocab_size=9, embedding_dim=10, hidden_size=10, tie_weights=True)
+    )
+    assert model.head.weight is model.embedding.weight
+    untied = RNNLanguageModel(ModelConfig(vocab_size=9, embedding_dim=10, hidden_size=10))
+    assert model.num_parameters() == untied.num_parameters() - 9 * 10
+
+
+def test_tied_weights_need_equal_sizes():
+    with pytest.raises(UsageError, match="--tie-weights needs --embedding equal to --hidden"):
+        RNNLanguageModel(
+            ModelConfig(vocab_size=9, embedding_dim=8, hidden_size=10, tie_weights=True)
+        )
+
+
+def test_unknown_cell_lists_the_valid_ones():
+    with pytest.raises(UsageError, match="rnn, lstm, gru"):
+        ModelConfig(cell="transformer", vocab_size=3).validate()
+
+
+def test_hidden_state_follows_the_weights_dtype():
+    model = make("lstm").to(torch.float64)
+    h, c = model.init_hidden(4)
+    assert h.dtype == torch.float64 and h.shape == (1, 4, 12) and c.shape == h.shape

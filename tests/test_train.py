@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+
+from chargen import checkpoint
+from chargen.config import CELLS, LEVELS
+from chargen.data import Batches, Stream, split_text
+from chargen.model import RNNLanguageModel
+from chargen.tokenizer import Tokenizer
+from chargen.train import Trainer
+from tests.conftest import VERSE, tiny_model, tiny_train
+
+
+def make_trainer(text, level="char", cell="lstm", dropout=0.0, **train_changes):
+    config = tiny_train(level=level, **train_changes)
+    torch.manual_seed(config.seed)
+    train_text, val_text = split_text(text, config.val_frac)
+    tokenizer = Tokenizer.train(train_text, level)
+    model = RNNLanguageModel(
+        tiny_model(cell, vocab_size=tokenizer.vocab_size, dropout=dropout, num_layers=2)
+        if dropout
+        else tiny_model(cell, vocab_size=tokenizer.vocab_size)
+    )
+    batches = Batches(tokenizer.encode(train_text), config.batch_size, config.seq_len, config.seed)
+    val = Stream.of(tokenizer, val_text)
+    return Trainer(model, batches, val, config, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_cell_and_level_overfits_a_tiny_corpus(cell, level):
+    trainer = make_trainer(VERSE * 40, level, cell, max_steps=400, eval_every=400, lr=2e-2)
+    first = trainer.train_step()
+    state = trainer.run()
+    # The verse repeats exactly, so a model that learned it predicts almost every token.
+    assert first > 2.0
+    assert state.loss < 0.5, f"{cell}/{level} training loss stayed at {state.loss:.3f}"
+    assert state.best_val_loss < 0.5
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor():
+    trainer = make_trainer(VERSE * 10, max_steps=100, warmup_steps=10, lr=1e-2, min_lr_frac=0.1)
+    assert trainer.learning_rate() == pytest.approx(1e-3)
+    trainer.state.step = 10
+    peak = trainer.learning_rate()
+    trainer.state.step = 100
+    assert peak == pytest.approx(1e-2, rel=0.05)
+    assert trainer.learning_rate() == pytest.approx(1e-3)
+
+
+def test_epochs_limit_counts_passes_over_the_training_tokens():
+    trainer = make_trainer(VERSE * 10, max_steps=None, epochs=2)
+    state = trainer.run()
+    assert state.stop_reason == "epochs"
+    assert state.step == round(2 * trainer.batches.steps_per_epoch)
+
+
+def test_time_limit_stops_training():
+    trainer = make_trainer(VERSE * 10, max_steps=None, time_limit=0.5)
+    state = trainer.run()
+    assert state.stop_reason == "time" and state.elapsed >= 0.5
+
+
+def test_patience_stops_when_validation_stops_improving():
+    trainer = make_trainer(VERSE * 10, max_steps=2000, eval_every=1, patience=2, lr=0.5)
+    state = trainer.run()
+    assert state.stop_reason == "patience"
+    assert state.bad_evals == 2 and state.step < 2000
+
+
+def test_should_stop_interrupts_between_steps():
+    trainer = make_trainer(VERSE * 10, max_steps=100)
+    state = trainer.run(should_stop=lambda: trainer.state.step >= 7)
+    assert (state.stop_reason, state.step) == ("interrupted", 7)
+
+
+def test_validation_loss_is_reported_in_nats_and_bits_per_char():
+    trainer = make_trainer(VERSE * 10, max_steps=10, eval_every=10)
+    results = []
+    trainer.run(on_eval=lambda t, r: results.append(r))
+    (result,) = results
+    # char level: one token is one character
+    assert result.bits_per_char == pytest.approx(result.nats_per_token / math.log(2))
+    assert result.perplexity == pytest.approx(math.exp(result.nats_per_token))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_interrupted_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(cell, tmp_path):
+    text = VERSE * 20
+    # Dropout draws from the global RNG: resuming must restore it too.
+    straight = make_trainer(text, cell=cell, dropout=0.3, max_steps=40, batch_size=4)
+    straight.run()
+
+    first = make_trainer(text, cell=cell, dropout=0.3, max_steps=40, batch_size=4)
+    first.run(should_stop=lambda: first.state.step >= 17)
+    run = checkpoint.create_run(
+        tmp_path,
+        "r",
+        Tokenizer.train(split_text(text, 0.1)[0]),
+        first.model.config,
+        first.config,
+        "verse",
+        0,
+    )
+    checkpoint.save_last(run, first, "interrupted")
+
+    torch.manual_seed(999)  # resuming must not depend on the RNG state of the new process
+    resumed = make_trainer(text, cell=cell, dropout=0.3, max_steps=40, batch_size=4)
+    checkpoint.restore_trainer(checkpoint.open_run(run.path), resumed)
+    assert resumed.state.step == 17
+    resumed.run()
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
