@@ -368,7 +368,7 @@ def _read_tensors(path: Path, prefix: str | None = None) -> tuple[dict[str, torc
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
-            keys = [k for k in handle if prefix is None or k.startswith(prefix)]
+            keys = [k for k in handle.keys() if prefix is None or k.startswith(prefix)]  # noqa: SIM118
             tensors = {k: handle.get_tensor(k) for k in keys}
     except Exception as exc:  # safetensors raises several error types for damaged files
         raise CheckpointError(
