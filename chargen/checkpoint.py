@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from chargen.config import ModelConfig, TrainConfig, from_dict, to_dict
-from chargen.errors import CheckpointError, RunExistsError, UsageError
+from chargen.errors import CheckpointError, RunExistsError, RunLockedError, UsageError
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
 from chargen.train import Trainer, TrainState
@@ -224,7 +224,33 @@ def resolve_run(spec: str | None, root: Path) -> Run:
 
 
 def remove_run(run: Run) -> None:
+    lock_run(run.path).close()
     shutil.rmtree(run.path)
+
+
+LOCK_FILE = ".lock"
+
+
+def lock_run(path: Path):
+    """An exclusive lock on the run at ``path``, held while the returned file stays open.
+
+    The operating system drops the lock when the process ends, however it ends, so a crash
+    leaves no stale lock behind.
+    """
+    handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115 (the caller holds it open)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent runs are the user's to avoid
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunLockedError(
+            f"run {path.name!r} is being trained by another process; wait for it to finish "
+            "or stop it first"
+        ) from None
+    return handle
 
 
 # ---------------------------------------------------------------------------- saving
@@ -248,6 +274,7 @@ def create_run(
                 f"a run named {name!r} already exists in {root}; "
                 "use --resume to continue it, --force to replace it, or another --name"
             )
+        lock_run(path).close()  # refuse to delete a run that another process is training
         shutil.rmtree(path)
     path.mkdir(parents=True)
     now = time.time()

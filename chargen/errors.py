@@ -34,3 +34,11 @@ class CheckpointError(ChargenError):
 
 class RunExistsError(UsageError):
     """``train --name X`` where X already exists, without ``--resume`` or ``--force``."""
+
+
+class TrainingDiverged(ChargenError):
+    """The loss or the gradient became NaN or infinite; the weights were not updated with it."""
+
+
+class RunLockedError(ChargenError):
+    """Another process is training the same run."""

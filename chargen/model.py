@@ -92,3 +92,76 @@ def select_hidden(hidden: Hidden, index: torch.Tensor) -> Hidden:
     if isinstance(hidden, tuple):
         return tuple(h[:, index] for h in hidden)
     return hidden[:, index]
+
+
+class Stepper:
+    """One-token steps of a trained model, for sampling.
+
+    Calling the fused ``nn.LSTM`` once per token costs far more in call overhead than in
+    arithmetic at small batch sizes. This writes the cell equations out with the same weights
+    (torch's gate order and biases) and precomputes the first layer's input projection for every
+    token, ``embedding @ W_ih^T + b_ih``, so a step is a table lookup and one matrix product per
+    layer. It gives the same logits as ``forward`` on one token at a time, in eval mode.
+    """
+
+    def __init__(self, model: RNNLanguageModel):
+        self.cell = model.config.cell
+        self.num_layers = model.config.num_layers
+        self.hidden_size = model.config.hidden_size
+        rnn = model.rnn
+        with torch.no_grad():
+            self.w_hh = [
+                getattr(rnn, f"weight_hh_l{k}").t().contiguous() for k in range(self.num_layers)
+            ]
+            self.b_hh = [getattr(rnn, f"bias_hh_l{k}").clone() for k in range(self.num_layers)]
+            self.w_ih = [
+                getattr(rnn, f"weight_ih_l{k}").t().contiguous() for k in range(self.num_layers)
+            ]
+            self.b_ih = [getattr(rnn, f"bias_ih_l{k}").clone() for k in range(self.num_layers)]
+            # (V, G): every token's first-layer input projection, G = gates * hidden_size
+            self.token_gates = model.embedding.weight @ self.w_ih[0] + self.b_ih[0]
+            if self.cell != "gru":
+                # LSTM and plain RNN add both biases before the nonlinearity; fold b_hh in once.
+                self.token_gates += self.b_hh[0]
+            self.w_out = model.head.weight.t().contiguous()  # (H, V)
+            self.b_out = model.head.bias.clone()
+
+    def __call__(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """Logits (N, V) for tokens ``ids`` (N,) and the next hidden state."""
+        if self.cell == "lstm":
+            h_all, c_all = hidden
+            new_h, new_c = [], []
+        else:
+            h_all = hidden
+            new_h = []
+        x = None
+        for k in range(self.num_layers):
+            h = h_all[k]  # (N, H)
+            if k == 0:
+                gates_x = self.token_gates[ids]  # (N, G)
+            else:
+                gates_x = torch.addmm(self.b_ih[k], x, self.w_ih[k])
+                if self.cell != "gru":
+                    gates_x = gates_x + self.b_hh[k]
+            if self.cell == "lstm":
+                gates = torch.addmm(gates_x, h, self.w_hh[k])  # (N, 4H)
+                i, f, g, o = gates.chunk(4, dim=1)
+                c = torch.sigmoid(f) * c_all[k] + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                new_c.append(c)
+            elif self.cell == "gru":
+                gates_h = torch.addmm(self.b_hh[k], h, self.w_hh[k])  # (N, 3H)
+                xr, xz, xn = gates_x.chunk(3, dim=1)
+                hr, hz, hn = gates_h.chunk(3, dim=1)
+                r = torch.sigmoid(xr + hr)
+                z = torch.sigmoid(xz + hz)
+                n = torch.tanh(xn + r * hn)
+                h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+            else:
+                h = torch.tanh(torch.addmm(gates_x, h, self.w_hh[k]))
+            new_h.append(h)
+            x = h
+        logits = torch.addmm(self.b_out, x, self.w_out)  # (N, V)
+        if self.cell == "lstm":
+            return logits, (torch.stack(new_h), torch.stack(new_c))
+        return logits, torch.stack(new_h)

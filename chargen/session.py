@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -24,6 +25,7 @@ from chargen.tokenizer import Tokenizer
 from chargen.train import EvalResult, Trainer
 
 RESUME_OVERRIDABLE = (
+    "lr",
     "max_steps",
     "epochs",
     "time_limit",
@@ -43,6 +45,7 @@ class TrainingSession:
     tokenizer: Tokenizer
     resumed_from_step: int
     corpus_changed: bool  # resuming on a corpus that differs from the one the run started on
+    lock: IO  # an exclusive lock on the run directory, held for as long as this stays open
 
 
 def corpus_digest(text: str) -> str:
@@ -110,6 +113,7 @@ def start_training(
 
     digest = corpus_digest(text)
     if resume:
+        lock = checkpoint.lock_run(run.path)
         checkpoint.restore_trainer(run, trainer)
         checkpoint.update_info(run, train=to_dict(train_config))
         changed = run.info.get("corpus_sha256") not in (None, digest)
@@ -124,9 +128,10 @@ def start_training(
             model.num_parameters(),
             force=force,
         )
+        lock = checkpoint.lock_run(run.path)
         checkpoint.update_info(run, corpus_sha256=digest, corpus_chars=len(text))
         changed = False
-    return TrainingSession(run, trainer, tokenizer, trainer.state.step, changed)
+    return TrainingSession(run, trainer, tokenizer, trainer.state.step, changed, lock)
 
 
 def save_checkpoint(session: TrainingSession, result: EvalResult | None, status: str) -> None:

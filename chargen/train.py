@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from chargen.config import TrainConfig
 from chargen.data import Batches, Stream, bits_per_char, eval_layout
 from chargen.device import autocast
+from chargen.errors import TrainingDiverged
 from chargen.model import Hidden, RNNLanguageModel, detach_hidden
 
 
@@ -162,7 +163,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Clip the global gradient norm: BPTT gradients can explode (Pascanu et al. 2013).
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        if not (math.isfinite(loss.item()) and math.isfinite(norm.item())):
+            # Stop before the optimizer step so the weights (and saved checkpoints) stay good.
+            raise TrainingDiverged(
+                f"training diverged at step {state.step + 1} (loss {loss.item()}, gradient norm "
+                f"{norm.item()}); the last checkpoint is intact. Lower the learning rate, "
+                f"e.g. --lr {self.config.lr / 4:g}, and resume or start again"
+            )
         self.optimizer.step()
         self.hidden = detach_hidden(hidden)
         state.step += 1

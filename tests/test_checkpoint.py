@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from chargen import checkpoint
 from chargen.config import CELLS, ModelConfig, TrainConfig
 from chargen.data import Batches
-from chargen.errors import CheckpointError, RunExistsError, UsageError
+from chargen.errors import CheckpointError, RunExistsError, RunLockedError, UsageError
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
 from chargen.train import Trainer
@@ -164,3 +164,25 @@ def test_prune_frees_resume_state_but_keeps_the_run_usable(tmp_path):
     with pytest.raises(CheckpointError, match="cannot be resumed"):
         _, trainer = saved_run(tmp_path / "other")
         checkpoint.restore_trainer(checkpoint.open_run(run.path), trainer)
+
+
+def test_a_run_being_trained_cannot_be_locked_replaced_or_removed(tmp_path):
+    run, _ = saved_run(tmp_path)
+    with checkpoint.lock_run(run.path):
+        with pytest.raises(RunLockedError, match="being trained by another process"):
+            checkpoint.lock_run(run.path)
+        with pytest.raises(RunLockedError):
+            checkpoint.remove_run(run)
+        with pytest.raises(RunLockedError):
+            checkpoint.create_run(
+                tmp_path,
+                "r",
+                Tokenizer.train(VERSE),
+                run.model_config,
+                run.train_config,
+                "x",
+                0,
+                force=True,
+            )
+    assert run.file("best.safetensors").exists()
+    checkpoint.lock_run(run.path).close()  # free again once the holder closes it

@@ -3,7 +3,7 @@ import torch
 
 from chargen.config import CELLS, ModelConfig
 from chargen.errors import UsageError
-from chargen.model import CELL_TYPES, RNNLanguageModel, detach_hidden
+from chargen.model import CELL_TYPES, RNNLanguageModel, Stepper, detach_hidden
 
 
 def make(cell, **changes):
@@ -74,3 +74,17 @@ def test_hidden_state_follows_the_weights_dtype():
     model = make("lstm").to(torch.float64)
     h, c = model.init_hidden(4)
     assert h.dtype == torch.float64 and h.shape == (1, 4, 12) and c.shape == h.shape
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_stepper_gives_the_logits_of_the_fused_module(cell, layers):
+    model = make(cell, num_layers=layers)
+    ids = torch.randint(0, 11, (3, 9))
+    with torch.no_grad():
+        expected, _ = model(ids)
+        step, hidden, produced = Stepper(model), model.init_hidden(3), []
+        for t in range(9):
+            logits, hidden = step(ids[:, t], hidden)
+            produced.append(logits)
+    assert torch.allclose(torch.stack(produced, dim=1), expected, atol=1e-5)

@@ -6,6 +6,7 @@ import torch
 from chargen import checkpoint
 from chargen.config import CELLS, LEVELS
 from chargen.data import Batches, Stream, split_text
+from chargen.errors import TrainingDiverged
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
 from chargen.train import Trainer
@@ -114,3 +115,16 @@ def test_interrupted_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_o
         straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_a_diverging_run_stops_with_advice_before_the_optimizer_touches_the_weights():
+    trainer = make_trainer(VERSE * 10, max_steps=50)
+    trainer.run(should_stop=lambda: trainer.state.step >= 3)
+    with torch.no_grad():
+        trainer.model.head.bias[0] = float("nan")  # every later loss is NaN
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match="Lower the learning rate"):
+        trainer.run()
+    for key, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)
+    assert trainer.state.step == 3

@@ -1,0 +1,307 @@
+"""chargen's benchmarks: quality per CPU-minute, throughput, sampling, start-up, memory, tokenizing.
+
+Run on a quiet machine (nothing else busy: two torch threads that share a core with another
+process slow down many times over):
+
+    python benchmarks/run.py                      # everything, about 5 minutes
+    python benchmarks/run.py --only sampling tokenize
+    python benchmarks/run.py --corpus path/to/tinyshakespeare.txt --train-time 120
+
+Prints a table on stderr and writes every figure to benchmarks/results/latest.json.
+The corpus defaults to ../shared/corpora/tinyshakespeare.txt; validation is its last 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+RESULTS = ROOT / "benchmarks" / "results"
+CHARGEN = [sys.executable, "-m", "chargen"]
+
+
+def chargen(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CHARGEN, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise SystemExit(f"chargen {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+# --------------------------------------------------------------------------------- quality
+
+
+def bench_quality(corpus: Path, seconds: float, env: dict) -> dict:
+    """Default settings, --time SECONDS, then `chargen eval` on the validation part."""
+    text = corpus.read_text(encoding="utf-8")
+    val = Path(env["CHARGEN_CHECKPOINTS"]) / "val.txt"
+    val.write_text(text[int(len(text) * 0.9) :], encoding="utf-8")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    train = chargen(
+        "train",
+        str(corpus),
+        "--name",
+        "bench",
+        "--time",
+        f"{seconds}s",
+        "--json",
+        "--quiet",
+        "--force",
+        env=env,
+    )
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    summary = json.loads(train.stdout)
+    evaluation = json.loads(chargen("eval", "bench", str(val), "--json", env=env).stdout)
+    return {
+        "train_seconds": summary["seconds"],
+        "steps": summary["steps"],
+        "train_tokens_per_sec": summary["tokens_per_sec"],
+        "val_loss": evaluation["nats_per_token"],
+        "val_bpc": evaluation["bits_per_char"],
+        "peak_rss_mb": max(peak_kb, before) / 1024,
+    }
+
+
+# ------------------------------------------------------------------------------ throughput
+
+
+def plain_lstm_tokens_per_sec(
+    ids: torch.Tensor, vocab: int, hidden: int, batch: int, window: int, seconds: float
+) -> float:
+    """The baseline: a plain fp32 nn.LSTM training loop of the same size, carried state, AdamW."""
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(vocab, 64)
+    lstm = torch.nn.LSTM(64, hidden, batch_first=True)
+    head = torch.nn.Linear(hidden, vocab)
+    params = [*embedding.parameters(), *lstm.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=2e-3)
+    length = (len(ids) - 1) // batch
+    inputs = ids[: batch * length].view(batch, length)
+    targets = ids[1 : batch * length + 1].view(batch, length)
+    state, tokens, position = None, 0, 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        if position + window > length:
+            position, state = 0, None
+        x = inputs[:, position : position + window]
+        y = targets[:, position : position + window]
+        out, state = lstm(embedding(x), state)
+        loss = torch.nn.functional.cross_entropy(head(out).flatten(0, 1), y.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        state = tuple(s.detach() for s in state)
+        position += window
+        tokens += x.numel()
+    return tokens / (time.perf_counter() - started)
+
+
+def chargen_tokens_per_sec(corpus: Path, seconds: float, env: dict) -> dict:
+    """chargen's default config; eval passes pushed past the end so only training is timed."""
+    result = chargen(
+        "train",
+        str(corpus),
+        "--name",
+        "throughput",
+        "--time",
+        f"{seconds}s",
+        "--eval-every",
+        "1000000",
+        "--json",
+        "--quiet",
+        "--force",
+        env=env,
+    )
+    return json.loads(result.stdout)
+
+
+def bench_throughput(corpus: Path, seconds: float, env: dict) -> dict:
+    from chargen.config import ModelConfig, TrainConfig
+    from chargen.tokenizer import Tokenizer
+
+    text = corpus.read_text(encoding="utf-8")
+    tokenizer = Tokenizer.train(text)
+    ids = torch.from_numpy(tokenizer.encode(text))
+    model, train = ModelConfig(), TrainConfig()
+    baseline = plain_lstm_tokens_per_sec(
+        ids, tokenizer.vocab_size, model.hidden_size, train.batch_size, train.seq_len, seconds
+    )
+    ours = chargen_tokens_per_sec(corpus, seconds, env)["tokens_per_sec"]
+    return {
+        "baseline_fp32_tokens_per_sec": baseline,
+        "chargen_tokens_per_sec": ours,
+        "speedup": ours / baseline,
+    }
+
+
+# -------------------------------------------------------------------------------- sampling
+
+
+def bench_sampling(env: dict) -> dict:
+    """Per-token time of short and long samples, one stream and 64, from the default model."""
+    from chargen.checkpoint import load_model, resolve_run
+    from chargen.config import SampleConfig
+    from chargen.sample import generate
+
+    run = resolve_run("bench", Path(env["CHARGEN_CHECKPOINTS"]))
+    model, tokenizer = load_model(run)
+    prime = tokenizer.encode("ROMEO:").tolist()
+
+    def per_token(length: int, num: int, repeats: int) -> float:
+        best = math.inf
+        for _ in range(repeats):
+            config = SampleConfig(length=length, num=num, seed=0, temperature=0.8)
+            started = time.perf_counter()
+            for _ in generate(model, prime, config):
+                pass
+            best = min(best, (time.perf_counter() - started) / length)
+        return best
+
+    per_token(200, 1, 1)  # warm-up
+    short = per_token(100, 1, 5)
+    long = per_token(10_000, 1, 1)
+    batch = per_token(1_000, 64, 2)
+    return {
+        "single_stream_tokens_per_sec": 1 / long,
+        "per_token_us_100": short * 1e6,
+        "per_token_us_10000": long * 1e6,
+        "long_over_short": long / short,
+        "streams64_tokens_per_sec": 64 / batch,
+    }
+
+
+# --------------------------------------------------------------------------------- startup
+
+
+def bench_startup(env: dict) -> dict:
+    helps = []
+    for _ in range(5):
+        started = time.perf_counter()
+        chargen("--help", env=env)
+        helps.append(time.perf_counter() - started)
+    firsts = []
+    for _ in range(3):
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [*CHARGEN, "sample", "bench", "--length", "50", "--seed", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=ROOT,
+        )
+        process.stdout.read(1)
+        firsts.append(time.perf_counter() - started)
+        process.communicate()
+    return {"help_seconds": min(helps), "first_token_seconds": min(firsts)}
+
+
+# ------------------------------------------------------------------------------ tokenizing
+
+
+def bench_tokenize(corpus: Path) -> dict:
+    from chargen.tokenizer import Tokenizer
+
+    text = corpus.read_text(encoding="utf-8")
+    megabytes = len(text.encode("utf-8")) / 1e6
+    result = {}
+    for level in ("char", "word"):
+        tokenizer = Tokenizer.train(text, level)
+        best = math.inf
+        for _ in range(3):
+            started = time.perf_counter()
+            tokenizer.encode(text)
+            best = min(best, time.perf_counter() - started)
+        result[f"{level}_mb_per_sec"] = megabytes / best
+        result[f"{level}_seconds"] = best
+    return result
+
+
+# ------------------------------------------------------------------------------------ main
+
+TARGETS = {
+    ("quality", "val_loss"): ("<=", 1.42),
+    ("quality", "peak_rss_mb"): ("<=", 1024),
+    ("throughput", "speedup"): (">=", 2.0),
+    ("sampling", "single_stream_tokens_per_sec"): (">=", 5000),
+    ("sampling", "streams64_tokens_per_sec"): (">=", 100_000),
+    ("sampling", "long_over_short"): ("<=", 1.1),
+    ("startup", "help_seconds"): ("<=", 0.3),
+    ("startup", "first_token_seconds"): ("<=", 1.5),
+    ("tokenize", "char_mb_per_sec"): (">=", 50),
+    ("tokenize", "word_mb_per_sec"): (">=", 10),
+}
+GROUPS = ("quality", "throughput", "sampling", "startup", "tokenize")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--train-time", type=float, default=120.0)
+    parser.add_argument("--throughput-time", type=float, default=30.0)
+    parser.add_argument("--only", nargs="*", choices=GROUPS, default=list(GROUPS))
+    args = parser.parse_args()
+    if not args.corpus.is_file():
+        raise SystemExit(f"{args.corpus}: no such corpus; pass --corpus")
+
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        env = dict(os.environ, CHARGEN_CHECKPOINTS=scratch)
+        needs_model = {"sampling", "startup"} & set(args.only)
+        if "quality" in args.only or needs_model:
+            seconds = args.train_time if "quality" in args.only else 5
+            print(f"quality: training {seconds:.0f}s with default settings ...", file=sys.stderr)
+            results["quality"] = bench_quality(args.corpus, seconds, env)
+        if "throughput" in args.only:
+            print("throughput: baseline loop and chargen ...", file=sys.stderr)
+            results["throughput"] = bench_throughput(args.corpus, args.throughput_time, env)
+        if "sampling" in args.only:
+            print("sampling ...", file=sys.stderr)
+            results["sampling"] = bench_sampling(env)
+        if "startup" in args.only:
+            results["startup"] = bench_startup(env)
+        if "tokenize" in args.only:
+            results["tokenize"] = bench_tokenize(args.corpus)
+    if "quality" not in args.only:
+        results.pop("quality", None)
+
+    print(f"\n{'figure':<44} {'value':>14}  target", file=sys.stderr)
+    for group, figures in results.items():
+        for key, value in figures.items():
+            target = TARGETS.get((group, key))
+            mark = ""
+            if target:
+                op, bound = target
+                ok = value <= bound if op == "<=" else value >= bound
+                mark = f"{op} {bound:g}  {'ok' if ok else 'MISSED'}"
+            print(f"{group + '.' + key:<44} {value:>14,.4f}  {mark}", file=sys.stderr)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "corpus": str(args.corpus),
+        "results": results,
+    }
+    (RESULTS / "latest.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {RESULTS / 'latest.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
