@@ -24,6 +24,7 @@ import re
 import shutil
 import tempfile
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from chargen.config import ModelConfig, TrainConfig, from_dict, to_dict
-from chargen.errors import CheckpointError, RunExistsError, RunLockedError, UsageError
+from chargen.errors import (
+    CheckpointError,
+    RunExistsError,
+    RunLockedError,
+    TokenizerError,
+    UsageError,
+)
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
 from chargen.train import Trainer, TrainState
@@ -50,7 +57,7 @@ LAST_FILE = "last.safetensors"
 METRICS_FILE = "metrics.jsonl"
 WEIGHTS = ("best", "last")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME = re.compile(r"^\w[\w.-]{0,99}$")  # \w: letters and digits of any script, and _
 
 
 def checkpoint_root(override: str | Path | None = None) -> Path:
@@ -64,6 +71,14 @@ def check_name(name: str) -> str:
             f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' (no '/' or '..')"
         )
     return name
+
+
+def run_path(root: Path, name: str) -> Path:
+    """The directory of run ``name``, refusing names (or symlinks) that lead out of ``root``."""
+    path = root / check_name(name)
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        raise UsageError(f"run {name!r} is a link to {path.resolve()}, outside {root}; refusing it")
+    return path
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -103,7 +118,13 @@ def write_atomic(path: Path, data: bytes) -> None:
 def _save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
     tmp = _temporary(path)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors reports a full disk as its own error type
+            raise CheckpointError(f"cannot write {path}: {exc}") from None
+        os.chmod(tmp, _FILE_MODE)  # safetensors may have created the file anew
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -142,7 +163,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.info.get("name", self.path.name)
+        return self.path.name  # the folder, so a copied or renamed run lists under its new name
 
     @property
     def model_config(self) -> ModelConfig:
@@ -180,21 +201,60 @@ def open_run(path: Path) -> Run:
             f"{path}: checkpoint format {version!r} is newer than this chargen understands "
             f"({FORMAT_VERSION}); upgrade chargen"
         )
+    _check_types(run_file, info)
     return Run(path, info)
 
 
-def list_runs(root: Path) -> list[Run]:
-    """Every readable run under ``root``, most recently updated first; damaged ones are skipped."""
+def _check_types(run_file: Path, info: dict[str, Any]) -> None:
+    """Every config and state field that is present has its annotated type (a float may be an
+    int in JSON; a bool is never a number)."""
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("state", TrainState)):
+        values = info.get(section, {})
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{run_file}: {section!r} is not an object; the run is damaged")
+        for name, hint in typing.get_type_hints(cls).items():
+            value = values.get(name)
+            if value is None:
+                continue
+            kinds = tuple(k for k in typing.get_args(hint) or (hint,) if k is not type(None))
+            if float in kinds:
+                kinds += (int,)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise CheckpointError(
+                    f"{run_file}: {section}.{name} is {value!r}; the run is damaged"
+                )
+
+
+def scan_runs(root: Path) -> tuple[list[Run], list[Path]]:
+    """Readable runs under ``root``, most recently updated first, and the damaged ones."""
     if not root.is_dir():
-        return []
-    runs = []
-    for child in root.iterdir():
-        if child.is_dir() and (child / RUN_FILE).is_file():
+        return [], []
+    runs, damaged = [], []
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and not child.name.startswith(".") and (child / RUN_FILE).exists():
             try:
                 runs.append(open_run(child))
             except CheckpointError:
-                continue
-    return sorted(runs, key=lambda r: r.info.get("updated", 0), reverse=True)
+                damaged.append(child)
+    runs.sort(key=lambda r: r.info.get("updated", 0), reverse=True)
+    return runs, damaged
+
+
+def list_runs(root: Path) -> list[Run]:
+    return scan_runs(root)[0]
+
+
+def find_run_dir(spec: str, root: Path) -> Path:
+    """The directory of a run by name or path, even if the run inside is damaged."""
+    candidate = Path(spec)
+    path = (
+        candidate
+        if os.sep in spec or candidate.is_dir() and not (root / spec).exists()
+        else run_path(root, spec)
+    )
+    if not (path / RUN_FILE).exists():
+        raise CheckpointError(f"no run named {spec!r} in {root}")
+    return path
 
 
 def resolve_run(spec: str | None, root: Path) -> Run:
@@ -215,7 +275,7 @@ def resolve_run(spec: str | None, root: Path) -> Run:
         if not candidate.is_dir():
             raise CheckpointError(f"{spec}: no such run directory")
         return open_run(candidate)
-    path = root / check_name(spec)
+    path = run_path(root, spec)
     if not path.is_dir():
         names = [r.name for r in list_runs(root)]
         hint = f"; runs in {root}: {', '.join(names)}" if names else f"; {root} has no runs yet"
@@ -223,9 +283,9 @@ def resolve_run(spec: str | None, root: Path) -> Run:
     return open_run(path)
 
 
-def remove_run(run: Run) -> None:
-    lock_run(run.path).close()
-    shutil.rmtree(run.path)
+def remove_run(path: Path) -> None:
+    lock_run(path).close()
+    shutil.rmtree(path)
 
 
 LOCK_FILE = ".lock"
@@ -267,16 +327,18 @@ def create_run(
     force: bool = False,
 ) -> Run:
     """Make the directory of a new run with its ``run.json`` and ``tokenizer.json``."""
-    path = root / check_name(name)
-    if path.exists():
+    path = run_path(root, name)
+    if path.exists() or path.is_symlink():
         if not force:
             raise RunExistsError(
                 f"a run named {name!r} already exists in {root}; "
                 "use --resume to continue it, --force to replace it, or another --name"
             )
         lock_run(path).close()  # refuse to delete a run that another process is training
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    # Build the run in a hidden folder and rename it into place, so a crash never leaves a
+    # half-made run under the real name.
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".new"))
     now = time.time()
     info = {
         "format_version": FORMAT_VERSION,
@@ -291,8 +353,17 @@ def create_run(
         "state": to_dict(TrainState()),
         "resumable": False,
     }
-    write_atomic(path / TOKENIZER_FILE, tokenizer.to_json().encode())
-    _write_json(path / RUN_FILE, info)
+    try:
+        os.chmod(staging, 0o777 & ~_umask())
+        write_atomic(staging / TOKENIZER_FILE, tokenizer.to_json().encode())
+        _write_json(staging / RUN_FILE, info)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(root)
     return Run(path, info)
 
 
@@ -379,7 +450,10 @@ def load_tokenizer(run: Run) -> Tokenizer:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable ({exc})") from None
-    tokenizer = Tokenizer.from_json(text, run.level)
+    try:
+        tokenizer = Tokenizer.from_json(text, run.level)
+    except TokenizerError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     if tokenizer.vocab_size != run.model_config.vocab_size:
         raise CheckpointError(
             f"{run.path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects "
@@ -428,7 +502,11 @@ def weights_path(run: Run, weights: str = "best") -> Path:
     if weights == "best" and not path.exists() and run.file(LAST_FILE).exists():
         path = run.file(LAST_FILE)
     if not path.exists():
-        raise CheckpointError(f"{run.path}: no {weights} weights saved yet")
+        if weights == "last" and run.file(BEST_FILE).exists():
+            raise CheckpointError(
+                f"{run.path}: the last weights were pruned (prune --best-only); use --weights best"
+            )
+        raise CheckpointError(f"{run.path}: no weights saved yet")
     return path
 
 
@@ -447,19 +525,22 @@ def load_model(
 def restore_trainer(run: Run, trainer: Trainer) -> None:
     """Restore model, optimizer, data position, hidden state and RNG as ``save_last`` left them."""
     path = run.file(LAST_FILE)
-    if not run.info.get("resumable", False):
+    if not path.exists():
+        raise CheckpointError(
+            f"{run.path}: nothing to resume yet (stopped before its first checkpoint); "
+            "start it again with --force"
+        )
+    tensors, metadata = _read_tensors(path)
+    if "state" not in metadata:
         raise CheckpointError(
             f"{run.path}: this run cannot be resumed (no optimizer state; was it pruned?)"
         )
-    tensors, metadata = _read_tensors(path)
     _load_weights(trainer.model, tensors, path)
     try:
         state = json.loads(metadata["state"])
         groups = json.loads(metadata["param_groups"])
     except (KeyError, json.JSONDecodeError):
-        raise CheckpointError(
-            f"{path}: no training state in this checkpoint; cannot resume"
-        ) from None
+        raise CheckpointError(f"{path}: damaged training state; cannot resume") from None
     optim_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -487,11 +568,17 @@ def restore_trainer(run: Run, trainer: Trainer) -> None:
 # ---------------------------------------------------------------------------- pruning
 
 
-def prune_run(run: Run, best_only: bool = False) -> int:
+def prune_run(run: Run, best_only: bool = False, force: bool = False) -> int:
     """Free disk: drop resume state from ``last`` (or ``last`` itself with ``best_only``).
 
-    Returns the bytes freed. A pruned run still samples and evaluates but cannot be resumed.
+    Returns the bytes freed. A pruned run still samples and evaluates but cannot be resumed, so
+    a run that has not finished is refused unless ``force``.
     """
+    if run.info.get("status") != "finished" and run.info.get("resumable") and not force:
+        raise UsageError(
+            f"run {run.name!r} is {run.info.get('status')} and could still be resumed; "
+            "pruning would prevent that. Add --force to prune it anyway"
+        )
     before = run.disk_bytes()
     last = run.file(LAST_FILE)
     if best_only and run.file(BEST_FILE).exists():

@@ -8,6 +8,8 @@ and nowhere else. torch is imported inside commands, so ``chargen --help`` start
 from __future__ import annotations
 
 import json
+import math
+import shlex
 import signal
 import sys
 import time
@@ -32,7 +34,7 @@ class CliError(click.ClickException):
 
 
 class ChargenGroup(click.Group):
-    """Turns library errors and OS errors into one-line messages instead of tracebacks."""
+    """Turns every error into one line on stderr instead of a traceback or a usage block."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -42,6 +44,37 @@ class ChargenGroup(click.Group):
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise CliError(f"{where}{exc.strerror or exc}", 1) from None
+        except MemoryError:
+            raise CliError(_OUT_OF_MEMORY, 1) from None
+        except RuntimeError as exc:
+            if _is_out_of_memory(exc):
+                raise CliError(_OUT_OF_MEMORY, 1) from None
+            raise
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # a caller that handles click's exceptions itself
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "chargen"
+            click.echo(f"Error: {exc.format_message()} (see '{command} --help')", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+_OUT_OF_MEMORY = "out of memory: use a smaller model (--hidden, --layers) or --batch-size"
+
+
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    message = str(exc)
+    return "can't allocate memory" in message or "out of memory" in message.lower()
 
 
 class Duration(click.ParamType):
@@ -62,11 +95,45 @@ def _root(ctx: click.Context) -> Path:
     return checkpoint_root(ctx.obj.get("checkpoint_dir") if ctx.obj else None)
 
 
+def _dir_flag(ctx: click.Context) -> str:
+    """`` --checkpoint-dir DIR`` when runs are not in the default place, for hints to copy."""
+    from chargen.checkpoint import DEFAULT_DIR
+
+    root = _root(ctx)
+    return "" if root == Path(DEFAULT_DIR) else f" --checkpoint-dir {shlex.quote(str(root))}"
+
+
+def _store_checkpoint_dir(ctx: click.Context, param, value):
+    if value is not None:
+        ctx.ensure_object(dict)["checkpoint_dir"] = value
+
+
+checkpoint_dir_option = click.option(
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False),
+    expose_value=False,
+    callback=_store_checkpoint_dir,
+    help="Where runs live (default ./checkpoints; env CHARGEN_CHECKPOINTS).",
+)
+"""The group's --checkpoint-dir, accepted after the command name too."""
+
+
 def _echo_json(data) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False))
+    """One line of strict JSON: NaN and infinity (which JSON lacks) become null."""
+    click.echo(json.dumps(_finite(data), ensure_ascii=False, allow_nan=False))
 
 
-@click.group(cls=ChargenGroup, context_settings=CONTEXT)
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+@click.group("chargen", cls=ChargenGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="chargen")
 @click.option(
     "--checkpoint-dir",
@@ -226,6 +293,7 @@ _MODEL_FIELDS = {"layers": "num_layers", "hidden": "hidden_size", "embedding": "
 @click.option("--threads", type=click.IntRange(1), help="CPU threads (default: torch's choice).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
+@checkpoint_dir_option
 @click.pass_context
 def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **options):
     """Train a model on CORPUS, a UTF-8 text file.
@@ -241,30 +309,21 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
       chargen train --name bard --resume --time 10m
     """
     from chargen.console import console, fmt, training_progress
-    from chargen.session import RESUME_OVERRIDABLE, save_checkpoint, start_training
+    from chargen.session import default_run_name, save_checkpoint, start_training
 
     if resume and force:
         raise CliError("--resume and --force contradict each other; choose one", 2)
     if name is None:
         if corpus is None:
             raise CliError("missing CORPUS (or --name NAME --resume to continue a run)", 2)
-        name = Path(corpus).stem
-    model_values, train_values, overrides, fixed = {}, {}, {}, []
+        name = default_run_name(corpus)
+    model_values, train_values, given = {}, {}, {}
     for option, value in options.items():
-        given = ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE
-        if option in ("cell", "dropout", "tie_weights") or option in _MODEL_FIELDS:
-            model_values[_MODEL_FIELDS.get(option, option)] = value
-            fixed += [option] if given else []
-            continue
-        field = _TRAIN_FIELDS.get(option, option)
-        train_values[field] = value
-        if given and field in RESUME_OVERRIDABLE:
-            overrides[field] = value
-        elif given:
-            fixed.append(option)
-    if resume and fixed:
-        shown = ", ".join("--" + option.replace("_", "-") for option in fixed)
-        raise CliError(f"{shown}: cannot change on --resume; start a new run with --name", 2)
+        is_model = option in ("cell", "dropout", "tie_weights") or option in _MODEL_FIELDS
+        field = (_MODEL_FIELDS if is_model else _TRAIN_FIELDS).get(option, option)
+        (model_values if is_model else train_values)[field] = value
+        if ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE:
+            given[field] = value
     train_config = TrainConfig(**train_values)
     if not train_config.has_limit:
         train_config.epochs = 10.0
@@ -276,12 +335,12 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
         train_config,
         resume=resume,
         force=force,
-        overrides=overrides if resume else None,
+        given=given,
     )
     trainer, run = session.trainer, session.run
     log = not quiet
-    if session.corpus_changed and log:
-        console.print("[yellow]warning:[/] the corpus differs from the one this run started on")
+    for warning in session.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     if log:
         model = trainer.model
         verb = (
@@ -349,18 +408,18 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
 
     seconds = time.perf_counter() - started
     tokens = state.tokens_seen - tokens_before
-    if log:
-        if status == "interrupted":
-            console.print(
-                f"Interrupted at step {state.step}; saved a resumable checkpoint in {run.path}\n"
-                f"Continue with: chargen train --name {run.name} --resume"
-            )
-        else:
-            console.print(
-                f"Done ({state.stop_reason}) at step {state.step} in {seconds:.0f}s: best val "
-                f"{fmt(state.best_val_loss)} nats/token, {fmt(state.best_val_bpc, 3)} bits/char. "
-                f"Saved in {run.path}"
-            )
+    if status == "interrupted":  # said even with --quiet: the user asked for this stop
+        console.print(
+            f"Interrupted at step {state.step}; saved a resumable checkpoint in {run.path}\n"
+            f"Continue with: chargen train --name {run.name} --resume{_dir_flag(ctx)}"
+        )
+    elif log:
+        console.print(
+            f"Done ({state.stop_reason}) at step {state.step} in {seconds:.0f}s "
+            f"({state.elapsed:.0f}s of training in all): best val "
+            f"{fmt(state.best_val_loss)} nats/token, {fmt(state.best_val_bpc, 3)} bits/char. "
+            f"Saved in {run.path}"
+        )
     if as_json:
         _echo_json(
             {
@@ -429,8 +488,29 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
     help="One JSON object per sample: text, tokens, mean log-probability.",
 )
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="cpu",
+    show_default=True,
+    help="cpu is fastest for a few streams; a GPU pays off for large --num.",
 )
+@click.option(
+    "--beam",
+    type=click.IntRange(1),
+    help="Beam search of this width for the most likely continuation instead of sampling "
+    "(conservative: safe, often repetitive text).",
+)
+@click.option(
+    "--midi",
+    type=click.Path(file_okay=False),
+    help="ABC: also write DIR/tunes.abc and one DIR/tune-NNN.mid per tune.",
+)
+@click.option("--wav", is_flag=True, help="ABC: also render each MIDI file to WAV (timidity).")
+@click.option("--svg", is_flag=True, help="ABC: also engrave sheet music as SVG (abcm2ps).")
+@click.option("--meter", help="ABC: the meter of every tune (M:), e.g. 6/8.")
+@click.option("--key", help="ABC: the key of every tune (K:), e.g. D or Ador.")
+@click.option("--valid-only", is_flag=True, help="ABC: resample tunes that fail 'abc check'.")
+@checkpoint_dir_option
 @click.pass_context
 def sample(
     ctx,
@@ -447,8 +527,18 @@ def sample(
     output,
     as_json,
     device,
+    beam,
+    midi,
+    wav,
+    svg,
+    meter,
+    key,
+    valid_only,
 ):
     """Generate text from RUN (a run name or directory; default: the latest run).
+
+    For a run trained on ABC tunes, --num N gives N complete tunes, each ended by the
+    model (--length caps its tokens).
 
     \b
     Examples:
@@ -456,7 +546,10 @@ def sample(
       chargen sample bard --num 5 --stop $'\\n\\n' --seed 1
       chargen sample bard --temperature 0 --length 200        # greedy
       chargen sample bard --json --num 3 > samples.jsonl
+      chargen sample bard --beam 8 --prime "ROMEO:" --length 100   # most likely text
+      chargen sample folk --num 10 --midi out/ --meter 6/8 --key D  # ABC tunes
     """
+    from chargen.sample import Sample, beam_search, prime_ids
     from chargen.sample import sample as generate_samples
     from chargen.session import load_for_inference
 
@@ -471,7 +564,17 @@ def sample(
         stop=stop,
     )
     config.validate()
-    _, model, tokenizer, torch_device = load_for_inference(run, _root(ctx), weights, device)
+    if beam is not None and num > 1:
+        raise CliError("--beam finds one most likely continuation; drop --num", 2)
+    if output is not None and not Path(output).resolve().parent.is_dir():
+        raise CliError(f"{output}: its directory does not exist", 2)
+    found, model, tokenizer, torch_device, _ = load_for_inference(run, _root(ctx), weights, device)
+    from chargen.cli_music import is_tune_run, sample_tunes
+
+    music_options = midi or wav or svg or meter or key or valid_only
+    if music_options and beam is not None:
+        raise CliError("--beam cannot be combined with --midi, --meter, --key or --valid-only", 2)
+    tune_mode = beam is None and (music_options or is_tune_run(found, tokenizer))
 
     stream = num == 1 and not as_json and output is None
     out = sys.stdout
@@ -480,9 +583,57 @@ def sample(
         out.write(piece)
         out.flush()
 
-    samples = generate_samples(
-        model, tokenizer, config, torch_device, on_text=on_text if stream else None
-    )
+    interrupted = []
+
+    def request_stop(signum, frame):
+        if interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        if tune_mode:
+            sample_tunes(
+                model,
+                tokenizer,
+                config,
+                torch_device,
+                cap_given=ctx.get_parameter_source("length") == ParameterSource.COMMANDLINE,
+                output=output,
+                as_json=as_json,
+                midi=midi,
+                wav=wav,
+                svg=svg,
+                meter=meter,
+                key=key,
+                valid_only=valid_only,
+                should_stop=lambda: bool(interrupted),
+            )
+            return
+        if beam is not None:
+            ids, logprob = beam_search(
+                model, prime_ids(tokenizer, prime), beam, length, torch_device
+            )
+            text = tokenizer.decode(ids)
+            if stop and stop in text:
+                text = text[: text.index(stop)]
+            samples = [Sample(prime + text, len(ids), logprob / max(len(ids), 1))]
+            if stream:
+                on_text(0, samples[0].text)
+        else:
+            samples = generate_samples(
+                model,
+                tokenizer,
+                config,
+                torch_device,
+                on_text=on_text if stream else None,
+                should_stop=lambda: bool(interrupted),
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        click.echo("\nInterrupted: keeping the text generated so far", err=True)
     if stream:
         out.write("\n")
         return
@@ -503,7 +654,7 @@ def sample(
         from chargen.checkpoint import write_atomic
 
         write_atomic(Path(output), rendered.encode("utf-8"))
-        click.echo(f"Wrote {num} sample{'s' if num > 1 else ''} to {output}", err=True)
+        click.echo(f"Wrote {len(samples)} sample{'s' if num > 1 else ''} to {output}", err=True)
 
 
 # ------------------------------------------------------------------------------------ eval
@@ -514,8 +665,12 @@ def sample(
 @click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    show_default=True,
 )
+@checkpoint_dir_option
 @click.pass_context
 def eval_(ctx, args, weights, as_json, device):
     """Score unseen text: loss in nats/token, bits per character, perplexity.
@@ -528,11 +683,6 @@ def eval_(ctx, args, weights, as_json, device):
       chargen eval held_out.txt                    # the latest run
       chargen eval bard a.txt b.txt --json
     """
-    from chargen.console import console, fmt, table
-    from chargen.data import Stream, read_text
-    from chargen.session import load_for_inference
-    from chargen.train import evaluate
-
     first = Path(args[0])
     names_a_run = (first / "run.json").is_file() or (_root(ctx) / args[0] / "run.json").is_file()
     if len(args) >= 2 and not first.is_file():
@@ -541,53 +691,165 @@ def eval_(ctx, args, weights, as_json, device):
         raise CliError(f"give a text file to evaluate {args[0]!r} on: chargen eval RUN FILE", 2)
     else:
         run_spec, files = None, args
+    _report_scores(ctx, run_spec, files, weights, as_json, device, per_line=False)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--per-line", is_flag=True, help="Score every line on its own.")
+@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file (or line).")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    show_default=True,
+)
+@checkpoint_dir_option
+@click.pass_context
+def score(ctx, run, files, per_line, weights, as_json, device):
+    """Score files, or each of their lines, with the model RUN.
+
+    Lower bits per character means the model finds the text more likely: a
+    line in the model's own language or style scores low.
+
+    \b
+    Examples:
+      chargen score bard sonnets.txt
+      chargen score english mixed.txt --per-line --json
+    """
+    _report_scores(ctx, run, files, weights, as_json, device, per_line)
+
+
+def _report_scores(ctx, run_spec, files, weights, as_json, device, per_line) -> None:
+    from chargen.console import console, fmt, table
+    from chargen.data import Stream, read_text
+    from chargen.score import score_texts
+    from chargen.session import load_for_inference
+    from chargen.train import evaluate
+
     for file in files:
-        if not Path(file).is_file():
+        path = Path(file)
+        if not path.exists():
             raise CliError(f"{file}: no such file", 2)
-    run, model, tokenizer, torch_device = load_for_inference(run_spec, _root(ctx), weights, device)
-    results = []
+        if not path.is_file():
+            raise CliError(f"{file}: not a file", 2)
+    run, model, tokenizer, torch_device, loaded = load_for_inference(
+        run_spec, _root(ctx), weights, device
+    )
+    rows = []  # (file, line number or None, result)
     for file in files:
         text = read_text(file)
         unknown = tokenizer.unknown_pieces(text)
-        result = evaluate(model, Stream.of(tokenizer, text), torch_device)
-        results.append((file, result, len(unknown)))
         if unknown and not as_json:
             console.print(
                 f"[yellow]note:[/] {file}: {len(unknown)} kinds of token the model "
                 "never saw were scored as <unk>"
             )
+        if per_line:
+            lines = text.splitlines()
+            results = score_texts(model, tokenizer, lines, torch_device)
+            rows += [(file, i + 1, r) for i, r in enumerate(results)]
+        else:
+            rows.append((file, None, evaluate(model, Stream.of(tokenizer, text), torch_device)))
     if as_json:
-        for file, result, unknown in results:
+        for file, line, result in rows:
+            record = {"run": run.name, "weights": loaded, "file": file}
+            if line is not None:
+                record["line"] = line
             _echo_json(
-                {
-                    "run": run.name,
-                    "file": file,
+                record
+                | {
                     "nats_per_token": result.nats_per_token,
                     "bits_per_char": result.bits_per_char,
                     "perplexity": result.perplexity,
                     "tokens": result.tokens,
                     "chars": result.chars,
-                    "unknown_kinds": unknown,
                 }
             )
         return
-    rows = [
-        [
-            file,
+    columns = ["file", "line"] if per_line else ["file"]
+    rendered = [
+        [file, *([str(line)] if per_line else [])]
+        + [
             fmt(r.nats_per_token),
             fmt(r.bits_per_char, 3),
             fmt(r.perplexity, 2),
             f"{r.tokens:,}",
         ]
-        for file, r, _ in results
+        for file, line, r in rows
     ]
     console.print(
         table(
-            f"{run.name} ({weights} weights)",
-            ["file", "nats/token", "bits/char", "perplexity", "tokens"],
-            rows,
+            f"{run.name} ({loaded} weights)",
+            [*columns, "nats/token", "bits/char", "perplexity", "tokens"],
+            rendered,
         )
     )
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("text", required=False)
+@click.option(
+    "-f", "--file", type=click.Path(exists=True, dir_okay=False), help="Read the text from here."
+)
+@click.option(
+    "-m",
+    "--model",
+    "models",
+    multiple=True,
+    help="A run to compare (repeat; default: every run in the checkpoint directory).",
+)
+@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The ranking as a JSON array on stdout.")
+@checkpoint_dir_option
+@click.pass_context
+def identify(ctx, text, file, models, weights, as_json):
+    """Rank models by how likely they find a text: which language, author or tradition is it?
+
+    The confidence of each model is the softmax of the models' log-likelihoods of the
+    whole text (equal priors).
+
+    \b
+    Examples:
+      chargen identify "Je pense, donc je suis" -m english -m french -m german
+      chargen identify --file tune.abc --checkpoint-dir traditions/
+    """
+    from chargen.checkpoint import list_runs, load_model, resolve_run
+    from chargen.console import console, fmt, table
+    from chargen.data import read_text
+    from chargen.score import identify as rank
+
+    if (text is None) == (file is None):
+        raise CliError("give the text either as an argument or with --file, not both", 2)
+    if file is not None:
+        text = read_text(file)
+    root = _root(ctx)
+    runs = [resolve_run(m, root) for m in models] if models else list_runs(root)
+    if len(runs) < 2:
+        raise CliError(f"identify compares at least two models; found {len(runs)} (add -m RUN)", 2)
+    loaded = {run.name: load_model(run, weights) for run in runs}
+    ranked = rank(text, loaded)
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "run": r.name,
+                    "confidence": r.confidence,
+                    "bits_per_char": r.score.bits_per_char,
+                    "nats": r.score.nats,
+                    "tokens": r.score.tokens,
+                }
+                for r in ranked
+            ]
+        )
+        return
+    rows = [
+        [r.name, f"{r.confidence:.1%}", fmt(r.score.bits_per_char, 3), f"{r.score.nats:,.1f}"]
+        for r in ranked
+    ]
+    console.print(table(None, ["model", "confidence", "bits/char", "total nats"], rows))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -628,6 +890,7 @@ def _when(timestamp: float | None) -> str:
 
 @checkpoints.command("list", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="A JSON array on stdout.")
+@checkpoint_dir_option
 @click.pass_context
 def checkpoints_list(ctx, as_json):
     """List runs, most recently updated first.
@@ -636,11 +899,17 @@ def checkpoints_list(ctx, as_json):
     Example:
       chargen checkpoints list
     """
-    from chargen.checkpoint import list_runs
+    from chargen.checkpoint import scan_runs
     from chargen.console import console, fmt, table
 
     root = _root(ctx)
-    runs = [_summary(r) for r in list_runs(root)]
+    found, damaged = scan_runs(root)
+    runs = [_summary(r) for r in found]
+    for path in damaged:
+        console.print(
+            f"[yellow]warning:[/] {path.name}: damaged run, not listed "
+            f"(inspect {path / 'run.json'}, or delete it: chargen checkpoints rm {path.name})"
+        )
     if as_json:
         _echo_json(runs)
         return
@@ -688,6 +957,7 @@ def checkpoints_list(ctx, as_json):
     type=click.Path(dir_okay=False),
     help="Also draw the loss curves to this PNG (needs matplotlib).",
 )
+@checkpoint_dir_option
 @click.pass_context
 def checkpoints_show(ctx, run, as_json, plot):
     """Show a run's config, metrics and validation loss curve.
@@ -715,18 +985,34 @@ def checkpoints_show(ctx, run, as_json, plot):
         )
         return
     console.print(f"[bold]{found.name}[/]  {found.path}")
-    for key in ("status", "corpus", "parameters", "steps", "tokens_seen", "resumable"):
+    for key in ("status", "corpus", "resumable"):
         console.print(f"  {key:<12} {summary[key]}")
+    for key in ("parameters", "steps", "tokens_seen"):
+        console.print(f"  {key:<12} {summary[key] or 0:,}")
     console.print(
         f"  {'best val':<12} {fmt(summary['best_val_loss'])} nats/token, "
         f"{fmt(summary['best_val_bpc'], 3)} bits/char"
     )
     console.print(f"  {'disk':<12} {summary['disk_bytes'] / 1e6:.1f} MB")
-    console.print("  model        " + ", ".join(f"{k}={v}" for k, v in found.info["model"].items()))
-    console.print("  train        " + ", ".join(f"{k}={v}" for k, v in found.info["train"].items()))
+    console.print(f"  {'model':<12} {_as_flags(found.info['model'], skip={'vocab_size'})}")
+    console.print(f"  {'training':<12} {_as_flags(found.info['train'])}")
     if metrics:
         console.print("\nValidation loss (nats/token):")
         console.print(loss_chart([m["step"] for m in metrics], [m["val_loss"] for m in metrics]))
+
+
+def _as_flags(config: dict, skip: frozenset | set = frozenset()) -> str:
+    """A config as the command-line flags that give it."""
+    from chargen.config import option_name
+
+    flags = []
+    for field, value in config.items():
+        if field in skip or value is None or value is False:
+            continue
+        if field == "time_limit":
+            value = f"{value:g}s"
+        flags.append(option_name(field) if value is True else f"{option_name(field)} {value}")
+    return " ".join(flags)
 
 
 def _plot(metrics: list[dict], path: str, title: str) -> None:
@@ -736,7 +1022,9 @@ def _plot(metrics: list[dict], path: str, title: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise CliError("--plot needs matplotlib: pip install matplotlib", 1) from None
+        raise CliError(
+            "--plot needs matplotlib: pip install matplotlib (or chargen[plot])", 1
+        ) from None
     figure, axes = plt.subplots(figsize=(7, 4))
     steps = [m["step"] for m in metrics]
     axes.plot(steps, [m["train_loss"] for m in metrics], label="train")
@@ -752,6 +1040,7 @@ def _plot(metrics: list[dict], path: str, title: str) -> None:
 @checkpoints.command("rm", context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, required=True)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@checkpoint_dir_option
 @click.pass_context
 def checkpoints_rm(ctx, runs, yes):
     """Delete runs.
@@ -760,25 +1049,27 @@ def checkpoints_rm(ctx, runs, yes):
     Example:
       chargen checkpoints rm old-run other-run --yes
     """
-    from chargen.checkpoint import remove_run, resolve_run
+    from chargen.checkpoint import find_run_dir, remove_run
 
-    found = [resolve_run(name, _root(ctx)) for name in runs]
-    names = ", ".join(r.name for r in found)
+    found = [find_run_dir(name, _root(ctx)) for name in runs]  # damaged runs too
+    names = ", ".join(path.name for path in found)
     if not yes:
         if not sys.stdin.isatty():
             raise CliError(f"refusing to delete {names} without confirmation; add --yes", 2)
         click.confirm(f"Delete {names}?", abort=True, err=True)
-    for run in found:
-        remove_run(run)
-        click.echo(f"Deleted {run.name} ({run.path})", err=True)
+    for path in found:
+        remove_run(path)
+        click.echo(f"Deleted {path.name} ({path})", err=True)
 
 
 @checkpoints.command("prune", context_settings=CONTEXT)
 @click.argument("runs", nargs=-1)
 @click.option("--all", "all_runs", is_flag=True, help="Prune every finished run.")
 @click.option("--best-only", is_flag=True, help="Also delete the last weights, keep the best.")
+@click.option("--force", is_flag=True, help="Prune named runs even if they could be resumed.")
+@checkpoint_dir_option
 @click.pass_context
-def checkpoints_prune(ctx, runs, all_runs, best_only):
+def checkpoints_prune(ctx, runs, all_runs, best_only, force):
     """Free disk: drop resume state (optimizer moments) from finished runs.
 
     A pruned run still samples and evaluates but can no longer be resumed.
@@ -799,7 +1090,10 @@ def checkpoints_prune(ctx, runs, all_runs, best_only):
         raise CliError("name the runs to prune, or use --all", 2)
     total = 0
     for run in found:
-        freed = prune_run(run, best_only=best_only)
+        freed = prune_run(run, best_only=best_only, force=force)
         total += freed
         click.echo(f"{run.name}: freed {freed / 1e6:.1f} MB", err=True)
     click.echo(f"Freed {total / 1e6:.1f} MB in {len(found)} run(s)", err=True)
+
+
+from chargen import cli_music  # noqa: E402,F401  (registers the music commands)

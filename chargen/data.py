@@ -38,6 +38,8 @@ def read_text(path: str | Path) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        if b"\x00" in data[:65536]:
+            raise CorpusError(f"{path}: looks like a binary file, not UTF-8 text") from None
         raise CorpusError(
             f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, "
             f"column {column}, offset {exc.start}); convert it, e.g. iconv -f latin1 -t utf-8"
@@ -53,9 +55,18 @@ def read_corpus(path: str | Path) -> str:
     return text
 
 
-def split_text(text: str, val_frac: float) -> tuple[str, str]:
-    """Training text and validation text: the last ``val_frac`` of the characters is validation."""
+def split_text(text: str, val_frac: float, boundary: str | None = None) -> tuple[str, str]:
+    """Training text and validation text: the last ``val_frac`` of the characters is validation.
+
+    With ``boundary`` (such as the blank line between ABC tunes), the cut moves forward to just
+    after the next occurrence of it, so that both parts hold whole pieces; where none follows,
+    the cut stays where it was.
+    """
     cut = int(len(text) * (1.0 - val_frac))
+    if boundary:
+        at = text.find(boundary, max(cut - len(boundary) + 1, 0))
+        if at >= 0 and at + len(boundary) < len(text):
+            cut = at + len(boundary)
     return text[:cut], text[cut:]
 
 

@@ -42,3 +42,7 @@ class TrainingDiverged(ChargenError):
 
 class RunLockedError(ChargenError):
     """Another process is training the same run."""
+
+
+class MusicError(ChargenError):
+    """An ABC tune cannot be checked or exported, or a music tool (music21, abcm2ps) is missing."""

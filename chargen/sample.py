@@ -16,7 +16,7 @@ import torch
 
 from chargen.config import SampleConfig
 from chargen.errors import UsageError
-from chargen.model import RNNLanguageModel, Stepper
+from chargen.model import Hidden, RNNLanguageModel, Stepper, select_hidden
 from chargen.tokenizer import UNK, Tokenizer
 
 
@@ -48,6 +48,23 @@ def choose(
     return (probs / noise).argmax(dim=-1)
 
 
+def warm_up(
+    model: RNNLanguageModel,
+    prime_ids: list[int],
+    num: int,
+    device: torch.device | str,
+    chunk: int = 1024,
+) -> tuple[torch.Tensor, Hidden]:
+    """Run the prime through the fused module, ``chunk`` tokens at a time so that a huge prime
+    never holds more than one chunk of logits; returns the last logits (N, V) and the state."""
+    hidden = model.init_hidden(num)
+    prime = torch.tensor(prime_ids, dtype=torch.long, device=device)
+    for start in range(0, len(prime), chunk):
+        piece = prime[start : start + chunk].expand(num, -1)  # (N, chunk)
+        logits, hidden = model(piece, hidden)
+    return logits[:, -1].float(), hidden
+
+
 @torch.inference_mode()
 def generate(
     model: RNNLanguageModel,
@@ -66,12 +83,7 @@ def generate(
     else:
         generator.seed()
     model.eval()
-    hidden = model.init_hidden(config.num)
-    prime = torch.tensor(prime_ids, dtype=torch.long, device=device).expand(
-        config.num, -1
-    )  # (N, P)
-    logits, hidden = model(prime, hidden)  # the fused module runs the whole prime at once
-    logits = logits[:, -1].float()  # (N, V)
+    logits, hidden = warm_up(model, prime_ids, config.num, device)
     step = Stepper(model)
     for _ in range(config.length):
         logits[:, 0] = -math.inf  # id 0 is <unk>: a sample must not print it
@@ -79,6 +91,39 @@ def generate(
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
         yield ids, logprobs
         logits, hidden = step(ids, hidden)
+
+
+@torch.inference_mode()
+def beam_search(
+    model: RNNLanguageModel,
+    prime_ids: list[int],
+    width: int,
+    length: int,
+    device: torch.device | str = "cpu",
+) -> tuple[list[int], float]:
+    """The likeliest continuation of ``length`` tokens that a beam of ``width`` finds.
+
+    Returns its ids and total log-probability. Beam search is conservative: it favours safe,
+    frequent, often repetitive text, where sampling gives variety.
+    """
+    model.eval()
+    logits, hidden = warm_up(model, prime_ids, 1, device)
+    logprobs = torch.log_softmax(logits, dim=-1)  # (1, V)
+    vocab = logprobs.shape[-1]
+    scores = torch.zeros(1, device=logprobs.device)
+    history = torch.zeros(1, 0, dtype=torch.long, device=logprobs.device)  # (beams, t)
+    step = Stepper(model)
+    for _ in range(length):
+        logprobs[:, 0] = -math.inf  # never <unk>
+        total = (scores[:, None] + logprobs).flatten()  # (beams * V,)
+        scores, flat = total.topk(min(width, total.numel()))
+        beams, ids = flat // vocab, flat % vocab
+        history = torch.cat([history[beams], ids[:, None]], dim=1)
+        hidden = select_hidden(hidden, beams)
+        logits, hidden = step(ids, hidden)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = int(scores.argmax())
+    return history[best].tolist(), float(scores[best])
 
 
 class StopScanner:
@@ -141,8 +186,12 @@ def sample(
     config: SampleConfig,
     device: torch.device | str = "cpu",
     on_text: Callable[[int, str], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> list[Sample]:
-    """Generate ``config.num`` samples; ``on_text(i, piece)`` receives text as it becomes final."""
+    """Generate ``config.num`` samples; ``on_text(i, piece)`` receives text as it becomes final.
+
+    ``should_stop`` is asked after every step; when it says yes, the samples end there.
+    """
     config.validate()
     if tokenizer.pieces[0] != UNK:
         raise UsageError("tokenizer has no <unk> at id 0")
@@ -170,7 +219,7 @@ def sample(
             counts[i] += 1
             logprob_sums[i] += logprob
             emit(i, scanners[i].feed(tokenizer.pieces[token]))
-        if all(s.done for s in scanners):
+        if all(s.done for s in scanners) or should_stop():
             break
     for i, scanner in enumerate(scanners):
         emit(i, scanner.flush())

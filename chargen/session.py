@@ -8,18 +8,21 @@ Nothing here draws or prints.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
 
 from chargen import checkpoint
-from chargen.config import ModelConfig, TrainConfig, from_dict, to_dict
+from chargen.abc_notation import TUNE_END
+from chargen.config import ModelConfig, TrainConfig, from_dict, option_name, to_dict
 from chargen.data import Batches, Stream, read_corpus, split_text
 from chargen.device import pick_device, set_threads, use_bf16
-from chargen.errors import CheckpointError, UsageError
+from chargen.errors import CorpusError, UsageError
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
 from chargen.train import EvalResult, Trainer
@@ -37,6 +40,8 @@ RESUME_OVERRIDABLE = (
 )
 """Training options a resumed run may change; the rest define the run and stay as saved."""
 
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+
 
 @dataclass
 class TrainingSession:
@@ -44,8 +49,14 @@ class TrainingSession:
     trainer: Trainer
     tokenizer: Tokenizer
     resumed_from_step: int
-    corpus_changed: bool  # resuming on a corpus that differs from the one the run started on
+    warnings: list[str]  # things the user should know before training starts
     lock: IO  # an exclusive lock on the run directory, held for as long as this stays open
+
+
+def default_run_name(corpus: str | Path) -> str:
+    """A valid run name from a corpus file name: ``my corpus.txt`` gives ``my-corpus``."""
+    stem = re.sub(r"[^\w.-]+", "-", Path(corpus).stem).strip(".-") or "run"
+    return checkpoint.check_name(stem[:100])
 
 
 def corpus_digest(text: str) -> str:
@@ -60,24 +71,29 @@ def start_training(
     train_config: TrainConfig,
     resume: bool = False,
     force: bool = False,
-    overrides: dict | None = None,
+    given: dict[str, Any] | None = None,
 ) -> TrainingSession:
     """A trainer ready to run, with its run directory; on ``resume``, restored to where it stopped.
 
-    ``overrides`` are options the user gave explicitly when resuming; only those in
-    ``RESUME_OVERRIDABLE`` may differ from the saved run.
+    ``given`` holds the config fields the user set explicitly. When resuming, those in
+    ``RESUME_OVERRIDABLE`` replace the saved values; any other must equal the saved value.
     """
     checkpoint.check_name(name)
+    given = given or {}
     if resume:
         run = checkpoint.resolve_run(name, root)
-        saved = from_dict(TrainConfig, run.info["train"])
-        overrides = overrides or {}
-        fixed = sorted(k for k in overrides if k not in RESUME_OVERRIDABLE)
-        if fixed:
-            options = ", ".join("--" + k.replace("_", "-") for k in fixed)
-            raise UsageError(f"{options}: cannot change on --resume; start a new run with --name")
-        train_config = replace(saved, **overrides)
         model_config = run.model_config
+        saved = from_dict(TrainConfig, run.info["train"])
+        changed = [
+            field
+            for field, value in given.items()
+            if field not in RESUME_OVERRIDABLE
+            and value != getattr(model_config if field in _MODEL_FIELDS else saved, field)
+        ]
+        if changed:
+            options = ", ".join(option_name(field) for field in changed)
+            raise UsageError(f"{options}: cannot change on --resume; start a new run with --name")
+        train_config = replace(saved, **{k: v for k, v in given.items() if k in RESUME_OVERRIDABLE})
         corpus = corpus or run.info.get("corpus")
         if corpus is None:
             raise UsageError("give the corpus to resume on")
@@ -87,7 +103,9 @@ def start_training(
     model_config.validate()
 
     text = read_corpus(corpus)
-    train_text, val_text = split_text(text, train_config.val_frac)
+    # ABC tunes go whole to one side: the cut moves to the blank line that ends a tune.
+    boundary = TUNE_END if train_config.level == "abc" else None
+    train_text, val_text = split_text(text, train_config.val_frac, boundary)
     device = pick_device(train_config.device)
     bf16 = use_bf16(device, train_config.precision)
     set_threads(train_config.threads)
@@ -102,12 +120,22 @@ def start_training(
         model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
     train_ids = tokenizer.encode(train_text)
     if len(train_ids) < train_config.seq_len + 1:
-        raise UsageError(
-            f"{corpus}: the training part has {len(train_ids)} tokens, fewer than one window "
+        raise CorpusError(
+            f"{corpus}: the training part has {len(train_ids)} token(s), fewer than one window "
             f"({train_config.seq_len} + 1); give a longer corpus or a smaller --window"
         )
     batches = Batches(train_ids, train_config.batch_size, train_config.seq_len, train_config.seed)
     val = Stream.of(tokenizer, val_text)
+    warnings = []
+    if batches.batch_size < train_config.batch_size:
+        warnings.append(
+            f"the corpus is short: training {batches.batch_size} parallel streams instead of "
+            f"--batch-size {train_config.batch_size}"
+        )
+    if len(val) < 2:
+        warnings.append(
+            "the validation split is empty, so no validation loss; the best weights are the last"
+        )
     model = RNNLanguageModel(model_config)
     trainer = Trainer(model, batches, val, train_config, device, bf16)
 
@@ -115,8 +143,14 @@ def start_training(
     if resume:
         lock = checkpoint.lock_run(run.path)
         checkpoint.restore_trainer(run, trainer)
-        checkpoint.update_info(run, train=to_dict(train_config))
-        changed = run.info.get("corpus_sha256") not in (None, digest)
+        if run.info.get("corpus_sha256") not in (None, digest):
+            warnings.append(
+                f"{corpus} differs from the corpus this run started on; validation losses "
+                "before and after are not comparable"
+            )
+        checkpoint.update_info(
+            run, train=to_dict(train_config), corpus=str(corpus), corpus_sha256=digest
+        )
     else:
         run = checkpoint.create_run(
             root,
@@ -130,8 +164,7 @@ def start_training(
         )
         lock = checkpoint.lock_run(run.path)
         checkpoint.update_info(run, corpus_sha256=digest, corpus_chars=len(text))
-        changed = False
-    return TrainingSession(run, trainer, tokenizer, trainer.state.step, changed, lock)
+    return TrainingSession(run, trainer, tokenizer, trainer.state.step, warnings, lock)
 
 
 def save_checkpoint(session: TrainingSession, result: EvalResult | None, status: str) -> None:
@@ -157,11 +190,10 @@ def save_checkpoint(session: TrainingSession, result: EvalResult | None, status:
 
 
 def load_for_inference(spec: str | None, root: Path, weights: str, device_name: str = "auto"):
-    """The run, model and tokenizer for sampling or evaluation."""
+    """The run, model, tokenizer and device for sampling or evaluation, and which weights
+    were loaded (``best`` falls back to ``last`` before the first evaluation)."""
     run = checkpoint.resolve_run(spec, root)
     device = pick_device(device_name)
-    try:
-        model, tokenizer = checkpoint.load_model(run, weights, device)
-    except CheckpointError:
-        raise
-    return run, model, tokenizer, device
+    model, tokenizer = checkpoint.load_model(run, weights, device)
+    loaded = checkpoint.weights_path(run, weights).stem  # "best" or "last"
+    return run, model, tokenizer, device, loaded

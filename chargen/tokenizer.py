@@ -6,6 +6,9 @@ decoder so decoding concatenates pieces instead of joining them with spaces:
 - ``char``: every character is a piece (``[\\s\\S]``: a plain ``.`` would skip newlines).
 - ``word``: runs of word characters, single punctuation marks and single whitespace characters are
   pieces, so whitespace and punctuation survive the round trip exactly.
+- ``abc``: music tokens of ABC notation (header fields, notes with accidentals and octave marks,
+  durations, bar lines and repeats, decorations; see ``chargen.abc_notation.ABC_PATTERN``), and
+  single characters for everything else, such as titles.
 
 The saved ``tokenizer.json`` is a standard file that ``tokenizers.Tokenizer.from_file`` loads and
 that encodes exactly as this module does. Encoding a whole corpus goes through fast paths (a numpy
@@ -23,6 +26,7 @@ import numpy as np
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from chargen.abc_notation import ABC_PATTERN
 from chargen.config import LEVELS
 from chargen.errors import TokenizerError, UsageError
 
@@ -32,6 +36,7 @@ UNK = "<unk>"
 _PATTERNS = {
     "char": r"[\s\S]",
     "word": r"\w+|[^\w\s]|\s",
+    "abc": ABC_PATTERN,
 }
 _CHUNK_CHARS = 1 << 16  # corpus pieces handed to encode_batch; big enough to amortise call cost
 
@@ -85,7 +90,7 @@ class Tokenizer:
         try:
             hf = HFTokenizer.from_str(data)
         except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
-            raise TokenizerError(f"tokenizer.json is not a valid tokenizer file: {exc}") from None
+            raise TokenizerError(f"not a valid tokenizer file: {exc}") from None
         return cls(hf, level)
 
     def to_json(self) -> str:

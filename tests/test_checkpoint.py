@@ -172,7 +172,7 @@ def test_a_run_being_trained_cannot_be_locked_replaced_or_removed(tmp_path):
         with pytest.raises(RunLockedError, match="being trained by another process"):
             checkpoint.lock_run(run.path)
         with pytest.raises(RunLockedError):
-            checkpoint.remove_run(run)
+            checkpoint.remove_run(run.path)
         with pytest.raises(RunLockedError):
             checkpoint.create_run(
                 tmp_path,
@@ -186,3 +186,14 @@ def test_a_run_being_trained_cannot_be_locked_replaced_or_removed(tmp_path):
             )
     assert run.file("best.safetensors").exists()
     checkpoint.lock_run(run.path).close()  # free again once the holder closes it
+
+
+def test_a_run_name_that_is_a_link_out_of_the_directory_is_refused(tmp_path):
+    outside, _ = saved_run(tmp_path / "outside")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "evil").symlink_to(outside.path)
+    with pytest.raises(UsageError, match="outside"):
+        checkpoint.resolve_run("evil", root)
+    with pytest.raises(UsageError, match="outside"):
+        checkpoint.find_run_dir("evil", root)

@@ -21,7 +21,7 @@ def test_show_prints_config_metrics_and_a_loss_chart(corpus):
     train(corpus, "one")
     result = run("checkpoints", "show", "one")
     assert result.exit_code == 0
-    assert "hidden_size=24" in result.stderr and "Validation loss" in result.stderr
+    assert "--hidden 24" in result.stderr and "Validation loss" in result.stderr
     shown = json.loads(run("checkpoints", "show", "one", "--json").stdout)
     assert [m["step"] for m in shown["metrics"]] == [10, 20]
 
@@ -56,3 +56,37 @@ def test_help_works_everywhere():
     for args in (["-h"], ["train", "-h"], ["sample", "--help"], ["checkpoints", "list", "-h"]):
         result = run(*args)
         assert result.exit_code == 0 and "Usage:" in result.stdout
+
+
+def test_prune_refuses_a_run_that_could_still_be_resumed(corpus, tmp_path):
+    train(corpus, "one")
+    run_json = tmp_path / "checkpoints" / "one" / "run.json"
+    info = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps(info | {"status": "interrupted"}))
+    refused = run("checkpoints", "prune", "one")
+    assert refused.exit_code == 2 and "--force" in refused.stderr
+    assert run("checkpoints", "prune", "one", "--force").exit_code == 0
+
+
+def test_damaged_runs_are_reported_by_list_and_removable(corpus, tmp_path):
+    train(corpus, "good")
+    train(corpus, "bad")
+    run_json = tmp_path / "checkpoints" / "bad" / "run.json"
+    info = json.loads(run_json.read_text())
+    info["state"]["step"] = "x"
+    run_json.write_text(json.dumps(info))
+    listed = run("checkpoints", "list")
+    assert listed.exit_code == 0 and "bad: damaged run" in listed.stderr and "good" in listed.stderr
+    sampled = run("sample", "bad")
+    assert sampled.exit_code == 1 and "state.step is 'x'; the run is damaged" in sampled.stderr
+    assert run("checkpoints", "rm", "bad", "--yes").exit_code == 0
+    assert not run_json.parent.exists()
+
+
+def test_copied_run_lists_under_its_folder_name(corpus, tmp_path):
+    import shutil
+
+    train(corpus, "one")
+    shutil.copytree(tmp_path / "checkpoints" / "one", tmp_path / "checkpoints" / "copy")
+    names = {r["name"] for r in json.loads(run("checkpoints", "list", "--json").stdout)}
+    assert names == {"one", "copy"}

@@ -160,3 +160,47 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_zero(corpus, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["steps"] == step + 5
+
+
+@pytest.mark.parametrize(
+    "option", [["--lr", "nan"], ["--weight-decay", "inf"], ["--epochs", "nan"]]
+)
+def test_nan_and_infinity_are_refused_in_one_line(corpus, option):
+    result = run("train", corpus, *option)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"Error: {option[0]} must be a finite number, got {option[1]}"
+
+
+def test_click_usage_errors_are_one_line_too(tmp_path):
+    result = run("train", tmp_path / "nope.txt")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: Invalid value for '[CORPUS]'") and "chargen train --help" in line
+
+
+def test_checkpoint_dir_is_accepted_after_the_command(corpus, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    train(corpus, "bard", "--checkpoint-dir", elsewhere)
+    assert (elsewhere / "bard" / "run.json").is_file()
+
+
+def test_default_name_is_cleaned_up_from_an_awkward_file_name(tmp_path, corpus):
+    awkward = tmp_path / "my corpus (v2).txt"
+    awkward.write_text(corpus.read_text())
+    run("train", awkward, *TINY)
+    assert (tmp_path / "checkpoints" / "my-corpus-v2" / "run.json").is_file()
+
+
+def test_resume_accepts_options_equal_to_the_saved_ones(corpus):
+    train(corpus, "bard")
+    same = run("train", "--name", "bard", "--resume", "--level", "char", "--max-steps", "25", "-q")
+    assert same.exit_code == 0, same.output
+    different = run("train", "--name", "bard", "--resume", "--level", "word")
+    assert different.exit_code == 2 and "--level: cannot change on --resume" in different.stderr
+
+
+def test_binary_corpus_is_named_as_such(tmp_path):
+    path = tmp_path / "image.bin"
+    path.write_bytes(bytes(range(256)) * 10)
+    result = run("train", path, *TINY)
+    assert result.exit_code == 1 and "looks like a binary file" in result.stderr

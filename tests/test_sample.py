@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from chargen.config import SampleConfig
 from chargen.errors import UsageError
 from chargen.model import RNNLanguageModel
-from chargen.sample import StopScanner, choose, generate, sample
+from chargen.sample import StopScanner, beam_search, choose, generate, sample
 from chargen.tokenizer import Tokenizer
 from tests.conftest import VERSE, tiny_model
 
@@ -130,3 +130,36 @@ def test_stop_scanner_without_stop_passes_everything_through():
 def test_bad_sampling_options_are_usage_errors(bad):
     with pytest.raises(UsageError):
         SampleConfig(**bad).validate()
+
+
+def test_beam_of_width_one_is_greedy(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prime = tokenizer.encode("The tide").tolist()
+    ids, _ = beam_search(model, prime, width=1, length=30)
+    assert ids == greedy_by_hand(model, prime, 30)
+
+
+def test_wider_beam_finds_a_continuation_at_least_as_likely(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prime = tokenizer.encode("the").tolist()
+    _, narrow = beam_search(model, prime, width=1, length=25)
+    ids, wide = beam_search(model, prime, width=8, length=25)
+    assert wide >= narrow - 1e-4
+    with torch.no_grad():  # the reported score is the sequence's real log-probability
+        logits, _ = model(torch.tensor([prime + ids[:-1]]))
+        logprobs = torch.log_softmax(logits[0, len(prime) - 1 :], dim=-1)
+        assert logprobs.gather(-1, torch.tensor(ids)[:, None]).sum().item() == pytest.approx(
+            wide, abs=1e-3
+        )
+
+
+def test_should_stop_ends_sampling_early(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    calls = []
+    samples = sample(
+        model,
+        tokenizer,
+        SampleConfig(length=500, seed=1),
+        should_stop=lambda: len(calls.append(1) or calls) >= 10,
+    )
+    assert samples[0].tokens == 10

@@ -1,0 +1,198 @@
+import time
+
+import pytest
+
+from chargen import music
+from chargen.abc_notation import split_tunes
+from chargen.errors import CorpusError, MusicError
+from chargen.music import (
+    NoveltyIndex,
+    abc_files,
+    build_corpus,
+    check_text,
+    check_tune,
+    summarize,
+    write_midi,
+)
+from tests.abc_fixtures import BROKEN, GOOD, JIG, REEL, WALTZ
+
+music21 = pytest.importorskip("music21")
+
+
+@pytest.fixture
+def tune_files(tmp_path):
+    folder = tmp_path / "tunes"
+    (folder / "more").mkdir(parents=True)
+    (folder / "a.abc").write_text(JIG + "\n\n" + REEL + "\n", encoding="utf-8")
+    # the reel again under another number and title: a duplicate
+    again = REEL.replace("X:2", "X:9").replace("Harbour Wall Reel", "Another Name")
+    (folder / "more" / "b.abc").write_text(WALTZ + "\n\n" + again + "\n", encoding="latin-1")
+    (folder / "c.abc").write_text(BROKEN["bar too long"] + "\n", encoding="utf-8")
+    (folder / "notes.txt").write_text("not a tune file")
+    return folder
+
+
+# ------------------------------------------------------------------------------------ corpus
+
+
+def test_abc_files_finds_abc_files_in_folders_in_order(tune_files):
+    names = [p.name for p in abc_files([tune_files])]
+    assert names == ["a.abc", "c.abc", "b.abc"]
+    with pytest.raises(CorpusError, match="no such file"):
+        abc_files([tune_files / "missing.abc"])
+
+
+def test_build_corpus_dedupes_drops_irregular_tunes_and_is_deterministic(tune_files):
+    report = build_corpus(abc_files([tune_files]), seed=3)
+    assert (report.tunes_read, report.duplicates, report.irregular, report.written) == (5, 1, 1, 3)
+    tunes = split_tunes(report.text)
+    assert sorted(t.split("\n", 2)[1] for t in tunes) == sorted(
+        t.split("\n", 2)[1] for t in GOOD
+    )
+    assert [t.split("\n", 1)[0] for t in tunes] == ["X:1", "X:2", "X:3"]
+    assert report.text.endswith("|]\n") or report.text.endswith(":|\n")
+    assert "\n\n\n" not in report.text
+    assert build_corpus(abc_files([tune_files]), seed=3).text == report.text
+
+
+def test_build_corpus_keeps_irregular_tunes_when_asked(tune_files):
+    report = build_corpus(abc_files([tune_files]), keep_irregular=True)
+    assert report.irregular == 0 and report.written == 4
+
+
+def test_build_corpus_without_usable_tunes_says_so(tmp_path):
+    (tmp_path / "x.abc").write_text("X:1\nT:no key\nabc|\n")
+    with pytest.raises(CorpusError, match="no usable tunes"):
+        build_corpus([tmp_path / "x.abc"])
+
+
+# ------------------------------------------------------------------------------------- check
+
+
+def test_known_good_tunes_pass_the_check():
+    checks = [check_tune(t, i + 1) for i, t in enumerate(GOOD)]
+    assert [c.problems for c in checks] == [[], [], []]
+    assert all(c.parsed for c in checks)
+    assert [c.bars for c in checks] == [11, 9, 8]
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("missing headers", "missing header M:, K:"),
+        ("unknown key", "unreadable key K:Q"),
+        ("bar too long", "bar 2: too long: 7/8 for 3/4"),
+        ("bar too short", "bar 2: too short: 5/8 for 3/4"),
+        ("unreadable symbol", "bar 2: unreadable symbols: #"),
+        ("no music", "no music"),
+    ],
+)
+def test_broken_tunes_fail_the_check_saying_why(name, problem):
+    check = check_tune(BROKEN[name], parse=False)
+    assert not check.valid
+    assert problem in check.problems
+
+
+def test_a_tune_music21_cannot_read_fails_with_its_reason():
+    check = check_tune("X:1\nT:t\nM:3/4\nL:1/8\nK:G\nG2 B2 d2|[g e2 e2:|")
+    assert check.parsed is False
+    assert any(p.startswith("music21 cannot parse it") for p in check.problems)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "\x00\x01\x02 binary-ish \ufffd",
+        "X:\nT:\nM:/\nL:0/0\nK:\n((((((((([[[[[{{{{",
+        "X:1\nM:999999999/1\nL:1/999999999\nK:C\n" + "a" * 5000,
+        "|" * 3000,
+        'X:1\nT:t\nM:4/4\nK:C\n"unclosed quote abc|!unclosed deco def|',
+    ],
+)
+def test_garbage_never_crashes_the_checker(garbage):
+    checks = check_text(garbage)
+    assert checks and not any(c.valid for c in checks)
+
+
+def test_a_tune_that_would_hang_music21_is_cut_off(monkeypatch):
+    def slow_parse(text, format=None):
+        time.sleep(5)
+
+    monkeypatch.setattr(music21.converter, "parseData", slow_parse)
+    started = time.perf_counter()
+    check = check_tune(JIG, timeout=0.2)
+    assert time.perf_counter() - started < 2
+    assert "music21 took more than 0.2s" in check.problems
+
+
+def test_summary_counts_the_valid_fraction():
+    checks = check_text("\n\n".join([JIG, BROKEN["bar too long"], REEL, WALTZ]), parse=False)
+    assert summarize(checks) | {"bars": 0} == {
+        "tunes": 4,
+        "valid": 3,
+        "valid_fraction": 0.75,
+        "bars": 0,
+    }
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def test_midi_file_is_written_and_reads_back_with_the_same_notes(tmp_path):
+    path = write_midi(WALTZ, tmp_path / "waltz.mid")
+    assert path.read_bytes()[:4] == b"MThd"
+    original = music21.converter.parseData(WALTZ, format="abc").flatten().notes
+    back = music21.converter.parse(str(path)).flatten().notes
+
+    def notes(stream):
+        return [(n.offset, tuple(p.nameWithOctave for p in n.pitches)) for n in stream]
+
+    # music21 reads the final dotted half note back as a half and a quarter; all else is equal
+    assert notes(back)[: len(original) - 1] == notes(original)[:-1]
+    assert notes(original)[:4] == [(0, ("E4",)), (1, ("A4",)), (2, ("C5",)), (3, ("E5",))]
+    assert sum(n.quarterLength for n in back) == sum(n.quarterLength for n in original) == 22
+
+
+def test_midi_of_an_unreadable_tune_is_a_music_error(tmp_path):
+    with pytest.raises(MusicError, match="music21 cannot parse it"):
+        write_midi("X:1\nT:t\nM:3/4\nL:1/8\nK:G\nG2 B2 d2|[g e2 e2:|", tmp_path / "x.mid")
+
+
+def test_missing_tools_are_named_with_their_debian_packages(monkeypatch, tmp_path):
+    monkeypatch.setattr(music.shutil, "which", lambda name: None)
+    with pytest.raises(MusicError, match=r"--wav needs timidity \(Debian package timidity\)"):
+        music.write_wav(tmp_path / "x.mid", tmp_path / "x.wav")
+    with pytest.raises(MusicError, match=r"--svg needs abcm2ps \(Debian package abcm2ps\)"):
+        music.write_svg(JIG, tmp_path / "x.svg")
+
+
+@pytest.mark.skipif(not music.shutil.which("abcm2ps"), reason="abcm2ps is not installed")
+def test_svg_sheet_music_is_written(tmp_path):
+    path = music.write_svg(JIG, tmp_path / "jig.svg")
+    assert path.read_text().lstrip().startswith("<?xml") and "<svg" in path.read_text()
+
+
+@pytest.mark.skipif(not music.shutil.which("timidity"), reason="timidity is not installed")
+def test_wav_is_rendered_from_midi(tmp_path):
+    midi = write_midi(JIG, tmp_path / "jig.mid")
+    wav = music.write_wav(midi, tmp_path / "jig.wav")
+    assert wav.read_bytes()[:4] == b"RIFF" and wav.stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------------- novelty
+
+
+def test_novelty_flags_exact_copies_and_measures_partial_ones():
+    index = NoveltyIndex("\n\n".join(GOOD) + "\n")
+    copy = index.novelty(JIG.replace("X:1", "X:7").replace("Jig", "Copy"))
+    assert copy.exact_copy and copy.copied_ngrams == 1.0
+    assert copy.longest_copy == copy.music_chars
+
+    half = "X:1\nT:h\nM:6/8\nL:1/8\nK:D\nA|dfa afd|gbg fed|B3 G3|E3 C3|D6|]"
+    partial = index.novelty(half)
+    assert not partial.exact_copy
+    assert partial.longest_copy == len("A|dfaafd|gbgfed|")
+    assert 0 < partial.copied_ngrams < 1
+
+    new = index.novelty("X:1\nT:n\nM:2/4\nL:1/8\nK:C\nC,D,E,F,|G,A,B,C|]")
+    assert new.copied_ngrams == 0 and not new.exact_copy
