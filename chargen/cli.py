@@ -7,6 +7,7 @@ and nowhere else. torch is imported inside commands, so ``chargen --help`` start
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import shlex
@@ -166,7 +167,7 @@ _MODEL_FIELDS = {"layers": "num_layers", "hidden": "hidden_size", "embedding": "
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("corpus", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("corpus", nargs=-1, metavar="[CORPUS]...")
 @click.option("--name", help="Run name (default: the corpus file name without extension).")
 @click.option("--resume", is_flag=True, help="Continue the run NAME where it stopped.")
 @click.option("--force", is_flag=True, help="Replace an existing run of the same name.")
@@ -266,6 +267,13 @@ _MODEL_FIELDS = {"layers": "num_layers", "hidden": "hidden_size", "embedding": "
     help="Steps between evaluations and checkpoints.",
 )
 @click.option(
+    "--eval-tokens",
+    type=click.IntRange(2),
+    default=_D.eval_tokens,
+    show_default=True,
+    help="Validation tokens scored per evaluation (the whole split when it is smaller).",
+)
+@click.option(
     "--patience",
     type=click.IntRange(0),
     default=_D.patience,
@@ -308,15 +316,18 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
       chargen train novel.txt --level word --vocab-size 20000 --epochs 5
       chargen train --name bard --resume --time 10m
     """
-    from chargen.console import console, fmt, training_progress
+    from chargen.console import ReadingProgress, console, fmt, training_progress
     from chargen.session import default_run_name, save_checkpoint, start_training
 
     if resume and force:
         raise CliError("--resume and --force contradict each other; choose one", 2)
+    for spec in corpus:
+        if not Path(spec).exists() and not glob.has_magic(spec):
+            raise CliError(f"{spec}: no such file or folder", 2)
     if name is None:
-        if corpus is None:
+        if not corpus:
             raise CliError("missing CORPUS (or --name NAME --resume to continue a run)", 2)
-        name = default_run_name(corpus)
+        name = default_run_name(corpus[0])
     model_values, train_values, given = {}, {}, {}
     for option, value in options.items():
         is_model = option in ("cell", "dropout", "tie_weights") or option in _MODEL_FIELDS
@@ -327,16 +338,22 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
     train_config = TrainConfig(**train_values)
     if not train_config.has_limit:
         train_config.epochs = 10.0
-    session = start_training(
-        corpus,
-        name,
-        _root(ctx),
-        ModelConfig(**model_values),
-        train_config,
-        resume=resume,
-        force=force,
-        given=given,
-    )
+    reading = ReadingProgress(corpus) if not quiet and console.is_terminal else None
+    try:
+        session = start_training(
+            corpus,
+            name,
+            _root(ctx),
+            ModelConfig(**model_values),
+            train_config,
+            resume=resume,
+            force=force,
+            given=given,
+            progress=reading.advance if reading else None,
+        )
+    finally:
+        if reading:
+            reading.close()
     trainer, run = session.trainer, session.run
     log = not quiet
     for warning in session.warnings:

@@ -87,6 +87,7 @@ class TrainConfig:
     clip: float = 1.0  # gradient-norm clipping against exploding gradients (Pascanu et al. 2013)
     val_frac: float = 0.1  # the end of the corpus held out for validation
     eval_every: int = 500  # steps between validation passes (and checkpoint saves)
+    eval_tokens: int = 1_000_000  # validation tokens scored per pass: all of a typical split
     patience: int = 0  # stop after this many evaluations without improvement; 0 never stops
     max_steps: int | None = None  # stop after this many optimizer steps
     epochs: float | None = None  # stop after this many passes over the training split
@@ -100,7 +101,8 @@ class TrainConfig:
         _check_finite(self)
         if self.level not in LEVELS:
             raise UsageError(f"unknown level {self.level!r}; choose one of: {', '.join(LEVELS)}")
-        for name in ("vocab_size", "min_freq", "batch_size", "seq_len", "eval_every"):
+        sizes = ("vocab_size", "min_freq", "batch_size", "seq_len", "eval_every", "eval_tokens")
+        for name in sizes:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:

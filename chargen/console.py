@@ -44,6 +44,51 @@ def training_progress(enabled: bool) -> Progress:
     )
 
 
+class ReadingProgress:
+    """A bar per pass over a large corpus (hashing, vocabulary, tokens); nothing for small ones.
+
+    ``advance(phase, nbytes)`` is the callback ``chargen.corpus.prepare`` reports through.
+    """
+
+    THRESHOLD = 50_000_000  # bytes; smaller corpora read in a blink
+
+    def __init__(self, specs) -> None:
+        from chargen.corpus import expand_sources
+
+        try:
+            self.total = sum(p.stat().st_size for p in expand_sources(list(specs)))
+        except Exception:  # bad sources are reported properly by the training set-up
+            self.total = 0
+        self.progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=self.total < self.THRESHOLD,
+        )
+        self.tasks: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.progress.start()
+
+    def advance(self, phase: str, nbytes: int) -> None:
+        import time
+
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(phase, total=self.total, rate="")
+            self.started[phase] = time.perf_counter()
+        task = self.tasks[phase]
+        self.progress.advance(task, nbytes)
+        done = self.progress.tasks[task].completed
+        seconds = max(time.perf_counter() - self.started[phase], 1e-9)
+        self.progress.update(task, rate=f"{done / seconds / 1e6:,.0f} MB/s")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"

@@ -36,15 +36,25 @@ def read_text(path: str | Path) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        if b"\x00" in data[:65536]:
-            raise CorpusError(f"{path}: looks like a binary file, not UTF-8 text") from None
-        raise CorpusError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, "
-            f"column {column}, offset {exc.start}); convert it, e.g. iconv -f latin1 -t utf-8"
-        ) from None
+        raise not_utf8(path, data, exc.start) from None
     return text.removeprefix(BOM)
+
+
+def not_utf8(path, data: bytes, at: int, offset: int = 0, lines: int = 0, line_start: int = 0):
+    """The error for a byte at ``data[at]`` that is not UTF-8, saying where it is.
+
+    ``data`` may be one chunk of a file: ``offset`` is where it starts in the file, ``lines`` the
+    line breaks before it and ``line_start`` the file offset where the current line began.
+    """
+    if b"\x00" in data[:65536]:
+        return CorpusError(f"{path}: looks like a binary file, not UTF-8 text")
+    line = lines + data.count(b"\n", 0, at) + 1
+    newline = data.rfind(b"\n", 0, at)
+    column = offset + at - (offset + newline + 1 if newline >= 0 else line_start) + 1
+    return CorpusError(
+        f"{path}: not UTF-8 text (byte 0x{data[at]:02x} at line {line}, column {column}, "
+        f"offset {offset + at}); convert it, e.g. iconv -f latin1 -t utf-8"
+    )
 
 
 def read_corpus(path: str | Path) -> str:
@@ -83,12 +93,15 @@ class Stream:
 
     @classmethod
     def of(cls, tokenizer, text: str) -> Stream:
-        ids = tokenizer.encode(text)
-        if len(ids) == 0:
-            return cls(ids=ids, chars=0)
-        # An <unk> first token stands for text of unknown length; count it as one character.
-        first_chars = len(tokenizer.pieces[ids[0]]) if ids[0] != 0 else 1
-        return cls(ids=ids, chars=max(len(text) - first_chars, 0))
+        return cls.of_ids(tokenizer, tokenizer.encode(text))
+
+    @classmethod
+    def of_ids(cls, tokenizer, ids: np.ndarray, limit: int | None = None) -> Stream:
+        """The stream of ``ids``, cut to its first ``limit`` tokens if given."""
+        ids = ids[:limit] if limit is not None else ids
+        # An <unk> stands for text of unknown length; it counts as one character.
+        chars = int(tokenizer.piece_lengths[ids[1:]].sum()) if len(ids) > 1 else 0
+        return cls(ids=ids, chars=chars)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -114,10 +127,11 @@ class Batches:
         self.batch_size = min(batch_size, (len(ids) - 1) // seq_len)
         self.seq_len = seq_len
         self.seed = seed
-        self.stream_len = (len(ids) - 1) // self.batch_size  # (B, L) inputs and (B, L) targets
+        self.stream_len = (len(ids) - 1) // self.batch_size
+        # Views, not copies: ``ids`` may be a memory-mapped array far bigger than memory.
         usable = ids[: self.batch_size * self.stream_len + 1]
-        self.inputs = torch.from_numpy(usable[:-1].reshape(self.batch_size, -1).copy())  # (B, L)
-        self.targets = torch.from_numpy(usable[1:].reshape(self.batch_size, -1).copy())  # (B, L)
+        self.inputs = usable[:-1].reshape(self.batch_size, -1)  # (B, L)
+        self.targets = usable[1:].reshape(self.batch_size, -1)  # (B, L)
 
     @property
     def tokens_per_step(self) -> int:
@@ -137,10 +151,17 @@ class Batches:
         """Average windows per epoch, for turning ``--epochs`` into steps."""
         return self.stream_len / self.seq_len
 
+    @property
+    def tokens(self) -> int:
+        """Training tokens the streams cover."""
+        return self.inputs.size
+
     def window(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = self.shift(epoch) + index * self.seq_len
         stop = start + self.seq_len
-        return self.inputs[:, start:stop], self.targets[:, start:stop]  # (B, T), (B, T)
+        x = torch.from_numpy(self.inputs[:, start:stop].astype(np.int64))  # (B, T)
+        y = torch.from_numpy(self.targets[:, start:stop].astype(np.int64))  # (B, T)
+        return x, y
 
 
 def eval_layout(
@@ -162,14 +183,14 @@ def eval_layout(
     length = predictions // streams
     blocks = []
     main = streams * length
-    inputs = torch.from_numpy(ids[:main].reshape(streams, length).copy())
-    targets = torch.from_numpy(ids[1 : main + 1].reshape(streams, length).copy())
+    inputs = torch.from_numpy(ids[:main].reshape(streams, length).astype(np.int64))
+    targets = torch.from_numpy(ids[1 : main + 1].reshape(streams, length).astype(np.int64))
     blocks.append((inputs, targets))
     if main < predictions:
         blocks.append(
             (
-                torch.from_numpy(ids[main:-1].copy())[None],
-                torch.from_numpy(ids[main + 1 :].copy())[None],
+                torch.from_numpy(ids[main:-1].astype(np.int64))[None],
+                torch.from_numpy(ids[main + 1 :].astype(np.int64))[None],
             )
         )
     return blocks

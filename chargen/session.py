@@ -9,7 +9,6 @@ Nothing here draws or prints.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,9 +17,10 @@ from typing import IO, Any
 import torch
 
 from chargen import checkpoint
+from chargen import corpus as corpus_module
 from chargen.abc_notation import TUNE_END
 from chargen.config import ModelConfig, TrainConfig, from_dict, option_name, to_dict
-from chargen.data import Batches, Stream, read_corpus, split_text
+from chargen.data import Batches, Stream
 from chargen.device import pick_device, set_threads, use_bf16
 from chargen.errors import CorpusError, UsageError
 from chargen.model import RNNLanguageModel
@@ -33,6 +33,7 @@ RESUME_OVERRIDABLE = (
     "epochs",
     "time_limit",
     "eval_every",
+    "eval_tokens",
     "patience",
     "device",
     "precision",
@@ -51,6 +52,7 @@ class TrainingSession:
     resumed_from_step: int
     warnings: list[str]  # things the user should know before training starts
     lock: IO  # an exclusive lock on the run directory, held for as long as this stays open
+    corpus: corpus_module.TokenArrays
 
 
 def default_run_name(corpus: str | Path) -> str:
@@ -59,12 +61,8 @@ def default_run_name(corpus: str | Path) -> str:
     return checkpoint.check_name(stem[:100])
 
 
-def corpus_digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 def start_training(
-    corpus: str | Path | None,
+    corpus: list[str] | None,
     name: str,
     root: Path,
     model_config: ModelConfig,
@@ -72,6 +70,7 @@ def start_training(
     resume: bool = False,
     force: bool = False,
     given: dict[str, Any] | None = None,
+    progress: corpus_module.PhaseProgress | None = None,
 ) -> TrainingSession:
     """A trainer ready to run, with its run directory; on ``resume``, restored to where it stopped.
 
@@ -94,38 +93,45 @@ def start_training(
             options = ", ".join(option_name(field) for field in changed)
             raise UsageError(f"{options}: cannot change on --resume; start a new run with --name")
         train_config = replace(saved, **{k: v for k, v in given.items() if k in RESUME_OVERRIDABLE})
-        corpus = corpus or run.info.get("corpus")
-        if corpus is None:
+        saved_corpus = run.info.get("corpus")
+        corpus = corpus or ([saved_corpus] if isinstance(saved_corpus, str) else saved_corpus)
+        if not corpus:
             raise UsageError("give the corpus to resume on")
-    elif corpus is None:
-        raise UsageError("missing CORPUS: the text file to train on")
+    elif not corpus:
+        raise UsageError("missing CORPUS: the text to train on")
     train_config.validate()
     model_config.validate()
 
-    text = read_corpus(corpus)
-    # ABC tunes go whole to one side: the cut moves to the blank line that ends a tune.
-    boundary = TUNE_END if train_config.level == "abc" else None
-    train_text, val_text = split_text(text, train_config.val_frac, boundary)
+    sources = corpus_module.expand_sources(list(corpus))
     device = pick_device(train_config.device)
     bf16 = use_bf16(device, train_config.precision)
     set_threads(train_config.threads)
     torch.manual_seed(train_config.seed)
 
-    if resume:
-        tokenizer = checkpoint.load_tokenizer(run)
-    else:
-        tokenizer = Tokenizer.train(
-            train_text, train_config.level, train_config.vocab_size, train_config.min_freq
-        )
+    saved_tokenizer = checkpoint.load_tokenizer(run) if resume else None
+    tokenizer, arrays = corpus_module.prepare(
+        sources,
+        saved_tokenizer,
+        train_config.level,
+        train_config.vocab_size,
+        train_config.min_freq,
+        train_config.val_frac,
+        # ABC tunes go whole to one side: the cut moves to the blank line that ends a tune.
+        boundary=TUNE_END if train_config.level == "abc" else None,
+        progress=progress,
+    )
+    if not resume:
         model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
-    train_ids = tokenizer.encode(train_text)
-    if len(train_ids) < train_config.seq_len + 1:
+    named = " ".join(str(s) for s in corpus)
+    if len(arrays.train) < train_config.seq_len + 1:
         raise CorpusError(
-            f"{corpus}: the training part has {len(train_ids)} token(s), fewer than one window "
+            f"{named}: the training part has {len(arrays.train)} token(s), fewer than one window "
             f"({train_config.seq_len} + 1); give a longer corpus or a smaller --window"
         )
-    batches = Batches(train_ids, train_config.batch_size, train_config.seq_len, train_config.seed)
-    val = Stream.of(tokenizer, val_text)
+    batches = Batches(
+        arrays.train, train_config.batch_size, train_config.seq_len, train_config.seed
+    )
+    val = Stream.of_ids(tokenizer, arrays.val, limit=train_config.eval_tokens)
     warnings = []
     if batches.batch_size < train_config.batch_size:
         warnings.append(
@@ -139,17 +145,17 @@ def start_training(
     model = RNNLanguageModel(model_config)
     trainer = Trainer(model, batches, val, train_config, device, bf16)
 
-    digest = corpus_digest(text)
+    digest = arrays.digest
     if resume:
         lock = checkpoint.lock_run(run.path)
         checkpoint.restore_trainer(run, trainer)
         if run.info.get("corpus_sha256") not in (None, digest):
             warnings.append(
-                f"{corpus} differs from the corpus this run started on; validation losses "
+                f"{named} differs from the corpus this run started on; validation losses "
                 "before and after are not comparable"
             )
         checkpoint.update_info(
-            run, train=to_dict(train_config), corpus=str(corpus), corpus_sha256=digest
+            run, train=to_dict(train_config), corpus=list(corpus), corpus_sha256=digest
         )
     else:
         run = checkpoint.create_run(
@@ -158,13 +164,15 @@ def start_training(
             tokenizer,
             model_config,
             train_config,
-            str(corpus),
+            list(corpus),
             model.num_parameters(),
             force=force,
         )
         lock = checkpoint.lock_run(run.path)
-        checkpoint.update_info(run, corpus_sha256=digest, corpus_chars=len(text))
-    return TrainingSession(run, trainer, tokenizer, trainer.state.step, warnings, lock)
+        checkpoint.update_info(
+            run, corpus_sha256=digest, corpus_chars=arrays.train_chars + arrays.val_chars
+        )
+    return TrainingSession(run, trainer, tokenizer, trainer.state.step, warnings, lock, arrays)
 
 
 def save_checkpoint(session: TrainingSession, result: EvalResult | None, status: str) -> None:
@@ -181,6 +189,7 @@ def save_checkpoint(session: TrainingSession, result: EvalResult | None, status:
                 "train_loss": state.loss,
                 "val_loss": result.nats_per_token,
                 "val_bpc": result.bits_per_char,
+            "val_tokens": result.tokens,
                 "lr": trainer.learning_rate(),
             },
         )

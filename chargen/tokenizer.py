@@ -58,6 +58,9 @@ class Tokenizer:
         for piece, index in vocab.items():
             self.pieces[index] = piece
         self._vocab = vocab
+        # Characters each token stands for (<unk> counts as one), for bits per character.
+        self.piece_lengths = np.array([len(p) for p in self.pieces], dtype=np.int64)
+        self.piece_lengths[0] = 1
         self._char_table: np.ndarray | None = None
 
     # ----------------------------------------------------------------- building and storing
@@ -73,16 +76,26 @@ class Tokenizer:
         if level not in LEVELS:
             raise UsageError(f"unknown level {level!r}; choose one of: {', '.join(LEVELS)}")
         if level == "char":
-            pieces = sorted(set(text) - {UNK})
-            vocab = {UNK: 0} | {piece: i + 1 for i, piece in enumerate(pieces)}
-            return cls(_build_hf(vocab, level), level)
-        # Count word pieces with the tokenizer's own pre-tokenizer: Python's re and the Rust
+            return cls.from_characters(set(text))
+        return cls.train_from_chunks(_chunks(text), level, vocab_size, min_freq)
+
+    @classmethod
+    def from_characters(cls, characters):
+        """A character-level tokenizer over ``characters``, in code-point order."""
+        pieces = sorted(set(characters) - {UNK})
+        vocab = {UNK: 0} | {piece: i + 1 for i, piece in enumerate(pieces)}
+        return cls(_build_hf(vocab, "char"), "char")
+
+    @classmethod
+    def train_from_chunks(cls, chunks, level: str, vocab_size: int = 10_000, min_freq: int = 1):
+        """A word-like level trained on text given in pieces that end at line breaks."""
+        # Count pieces with the tokenizer's own pre-tokenizer: Python's re and the Rust
         # regex engine disagree on what \w matches (combining marks, for one).
         hf = _build_hf({UNK: 0}, level)
         trainer = trainers.WordLevelTrainer(
             vocab_size=vocab_size, min_frequency=min_freq, special_tokens=[UNK], show_progress=False
         )
-        hf.train_from_iterator(list(_chunks(text)), trainer)
+        hf.train_from_iterator(chunks, trainer)
         return cls(hf, level)
 
     @classmethod

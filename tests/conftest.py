@@ -18,8 +18,9 @@ VERSE = (
 
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path, monkeypatch):
-    """Every test gets its own checkpoint directory and a fixed thread count."""
+    """Every test gets its own checkpoint and cache directories and a fixed thread count."""
     monkeypatch.setenv("CHARGEN_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("CHARGEN_CACHE", str(tmp_path / "cache"))
     torch.set_num_threads(1)
     yield
 

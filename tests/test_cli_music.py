@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -121,7 +122,7 @@ def test_sample_midi_writes_the_tunes_and_one_midi_file_each(folk, tmp_path):
     assert texts == [r["text"] for r in records]
     for record in records:
         if "midi" in record:  # a tune music21 cannot read gets a warning instead
-            assert open(record["midi"], "rb").read(4) == b"MThd"
+            assert Path(record["midi"]).read_bytes()[:4] == b"MThd"
     assert any("midi" in r for r in records)
 
 

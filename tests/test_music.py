@@ -46,9 +46,7 @@ def test_build_corpus_dedupes_drops_irregular_tunes_and_is_deterministic(tune_fi
     report = build_corpus(abc_files([tune_files]), seed=3)
     assert (report.tunes_read, report.duplicates, report.irregular, report.written) == (5, 1, 1, 3)
     tunes = split_tunes(report.text)
-    assert sorted(t.split("\n", 2)[1] for t in tunes) == sorted(
-        t.split("\n", 2)[1] for t in GOOD
-    )
+    assert sorted(t.split("\n", 2)[1] for t in tunes) == sorted(t.split("\n", 2)[1] for t in GOOD)
     assert [t.split("\n", 1)[0] for t in tunes] == ["X:1", "X:2", "X:3"]
     assert report.text.endswith("|]\n") or report.text.endswith(":|\n")
     assert "\n\n\n" not in report.text
