@@ -392,7 +392,8 @@ def save_last(run: Run, trainer: Trainer, status: str) -> None:
     for index, slots in optimizer["state"].items():
         for key, value in slots.items():
             tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
-    hidden = trainer.hidden if isinstance(trainer.hidden, tuple) else (trainer.hidden,)
+    saved = trainer.checkpoint_hidden
+    hidden = saved if isinstance(saved, tuple) else (saved,)
     for index, tensor in enumerate(hidden):
         tensors[f"hidden.{index}"] = tensor.detach().cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
@@ -552,12 +553,10 @@ def restore_trainer(run: Run, trainer: Trainer) -> None:
         raise CheckpointError(f"{path}: optimizer state does not fit the model ({exc})") from None
     hidden = [tensors[f"hidden.{i}"] for i in range(2) if f"hidden.{i}" in tensors]
     expected = trainer.hidden if isinstance(trainer.hidden, tuple) else (trainer.hidden,)
-    if len(hidden) != len(expected) or any(
-        h.shape != e.shape for h, e in zip(hidden, expected, strict=False)
-    ):
+    streams = trainer.batches.batch_size * trainer.world.size
+    if len(hidden) != len(expected) or any(h.shape[1] != streams for h in hidden):
         raise CheckpointError(f"{path}: saved hidden state does not fit this run's batch size")
-    hidden = [h.to(trainer.device) for h in hidden]
-    trainer.hidden = tuple(hidden) if len(hidden) == 2 else hidden[0]
+    trainer.load_hidden(tuple(hidden) if len(hidden) == 2 else hidden[0])
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and trainer.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)

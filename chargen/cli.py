@@ -317,6 +317,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
       chargen train --name bard --resume --time 10m
     """
     from chargen.console import ReadingProgress, console, fmt, training_progress
+    from chargen.distributed import shutdown
     from chargen.session import default_run_name, save_checkpoint, start_training
 
     if resume and force:
@@ -355,8 +356,9 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
         if reading:
             reading.close()
     trainer, run = session.trainer, session.run
-    log = not quiet
-    for warning in session.warnings:
+    main = session.world.is_main  # under torchrun, only rank 0 writes, logs and draws
+    log = not quiet and main
+    for warning in session.warnings if main else []:
         console.print(f"[yellow]warning:[/] {warning}")
     if log:
         model = trainer.model
@@ -368,8 +370,10 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
         console.print(
             f"{verb}: {model.config.cell} {model.config.num_layers}x{model.config.hidden_size}, "
             f"{model.num_parameters():,} parameters, {session.tokenizer.vocab_size} tokens "
-            f"({trainer.config.level}), {len(trainer.batches.inputs.flatten()):,} training tokens, "
-            f"batch {trainer.batches.batch_size}x{trainer.config.seq_len}, on {trainer.device.type}"
+            f"({trainer.config.level}), {len(session.corpus.train):,} training tokens, "
+            f"batch {trainer.batches.batch_size * session.world.size}x{trainer.config.seq_len}, "
+            f"on {trainer.device.type}"
+            f"{f' x {session.world.size} processes' if session.world.active else ''}"
             f"{' (bf16)' if trainer.bf16 else ''}"
         )
 
@@ -385,7 +389,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
     tokens_before = trainer.state.tokens_seen
     progress = training_progress(enabled=log and console.is_terminal)
     task = progress.add_task(
-        run.name, total=1000, step=trainer.state.step, loss="-", val="-", speed="-"
+        name, total=1000, step=trainer.state.step, loss="-", val="-", speed="-"
     )
 
     def on_step(t):
@@ -400,7 +404,8 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
             )
 
     def on_eval(t, result):
-        save_checkpoint(session, result, status="training")
+        if main:
+            save_checkpoint(session, result, status="training")
         if result is None:
             return
         progress.update(task, val=fmt(result.nats_per_token, 3))
@@ -418,10 +423,14 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
         with progress:
             state = trainer.run(on_step, on_eval, should_stop=lambda: bool(stop_requested))
         status = "interrupted" if state.stop_reason == "interrupted" else "finished"
-        save_checkpoint(session, None, status=status)
+        if main:
+            save_checkpoint(session, None, status=status)
     finally:
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
+        shutdown(session.world)
+    if not main:
+        return
 
     seconds = time.perf_counter() - started
     tokens = state.tokens_seen - tokens_before

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chargen.errors import CorpusError
+from chargen.errors import CorpusError, UsageError
 
 BOM = "\ufeff"
 
@@ -117,7 +117,15 @@ class Batches:
     (seeded) so windows do not always cut the text at the same places.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int):
+    def __init__(
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
         if len(ids) < seq_len + 1:
             raise CorpusError(
                 f"the training text has {len(ids)} tokens, fewer than one window of {seq_len} + 1; "
@@ -132,6 +140,16 @@ class Batches:
         usable = ids[: self.batch_size * self.stream_len + 1]
         self.inputs = usable[:-1].reshape(self.batch_size, -1)  # (B, L)
         self.targets = usable[1:].reshape(self.batch_size, -1)  # (B, L)
+        if world > 1:
+            # Data parallel: each process trains a contiguous block of the streams.
+            if self.batch_size % world:
+                raise UsageError(
+                    f"--batch-size {self.batch_size} does not split evenly over {world} processes"
+                )
+            rows = self.batch_size // world
+            self.inputs = self.inputs[rank * rows : (rank + 1) * rows]
+            self.targets = self.targets[rank * rows : (rank + 1) * rows]
+            self.batch_size = rows
 
     @property
     def tokens_per_step(self) -> int:
@@ -153,7 +171,7 @@ class Batches:
 
     @property
     def tokens(self) -> int:
-        """Training tokens the streams cover."""
+        """Training tokens this process's streams cover."""
         return self.inputs.size
 
     def window(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from chargen.abc_notation import TUNE_END
 from chargen.config import ModelConfig, TrainConfig, from_dict, option_name, to_dict
 from chargen.data import Batches, Stream
 from chargen.device import pick_device, set_threads, use_bf16
+from chargen.distributed import World, barrier, init_from_env
 from chargen.errors import CorpusError, UsageError
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
@@ -46,13 +47,14 @@ _MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 @dataclass
 class TrainingSession:
-    run: checkpoint.Run
+    run: checkpoint.Run | None  # None in processes other than rank 0
     trainer: Trainer
     tokenizer: Tokenizer
     resumed_from_step: int
     warnings: list[str]  # things the user should know before training starts
-    lock: IO  # an exclusive lock on the run directory, held for as long as this stays open
+    lock: IO | None  # an exclusive lock on the run directory, held while this stays open
     corpus: corpus_module.TokenArrays
+    world: World  # this process among the data-parallel ones (one process: rank 0 of 1)
 
 
 def default_run_name(corpus: str | Path) -> str:
@@ -104,22 +106,30 @@ def start_training(
 
     sources = corpus_module.expand_sources(list(corpus))
     device = pick_device(train_config.device)
+    world = init_from_env(device.type)
+    if world.active and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     bf16 = use_bf16(device, train_config.precision)
     set_threads(train_config.threads)
     torch.manual_seed(train_config.seed)
 
     saved_tokenizer = checkpoint.load_tokenizer(run) if resume else None
-    tokenizer, arrays = corpus_module.prepare(
-        sources,
-        saved_tokenizer,
-        train_config.level,
-        train_config.vocab_size,
-        train_config.min_freq,
-        train_config.val_frac,
-        # ABC tunes go whole to one side: the cut moves to the blank line that ends a tune.
-        boundary=TUNE_END if train_config.level == "abc" else None,
-        progress=progress,
-    )
+    # One process tokenizes (and fills the cache) while the others wait, then read it back.
+    for turn in (True, False):
+        if world.is_main == turn:
+            tokenizer, arrays = corpus_module.prepare(
+                sources,
+                saved_tokenizer,
+                train_config.level,
+                train_config.vocab_size,
+                train_config.min_freq,
+                train_config.val_frac,
+                # ABC tunes go whole to one side: the cut moves to the blank line ending a tune.
+                boundary=TUNE_END if train_config.level == "abc" else None,
+                progress=progress if world.is_main else None,
+            )
+        barrier(world)
     if not resume:
         model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
     named = " ".join(str(s) for s in corpus)
@@ -129,11 +139,16 @@ def start_training(
             f"({train_config.seq_len} + 1); give a longer corpus or a smaller --window"
         )
     batches = Batches(
-        arrays.train, train_config.batch_size, train_config.seq_len, train_config.seed
+        arrays.train,
+        train_config.batch_size,
+        train_config.seq_len,
+        train_config.seed,
+        rank=world.rank,
+        world=world.size,
     )
     val = Stream.of_ids(tokenizer, arrays.val, limit=train_config.eval_tokens)
     warnings = []
-    if batches.batch_size < train_config.batch_size:
+    if batches.batch_size * world.size < train_config.batch_size:
         warnings.append(
             f"the corpus is short: training {batches.batch_size} parallel streams instead of "
             f"--batch-size {train_config.batch_size}"
@@ -143,21 +158,23 @@ def start_training(
             "the validation split is empty, so no validation loss; the best weights are the last"
         )
     model = RNNLanguageModel(model_config)
-    trainer = Trainer(model, batches, val, train_config, device, bf16)
+    trainer = Trainer(model, batches, val, train_config, device, bf16, world=world)
 
     digest = arrays.digest
+    lock = None
     if resume:
-        lock = checkpoint.lock_run(run.path)
+        lock = checkpoint.lock_run(run.path) if world.is_main else None
         checkpoint.restore_trainer(run, trainer)
         if run.info.get("corpus_sha256") not in (None, digest):
             warnings.append(
                 f"{named} differs from the corpus this run started on; validation losses "
                 "before and after are not comparable"
             )
-        checkpoint.update_info(
-            run, train=to_dict(train_config), corpus=list(corpus), corpus_sha256=digest
-        )
-    else:
+        if world.is_main:
+            checkpoint.update_info(
+                run, train=to_dict(train_config), corpus=list(corpus), corpus_sha256=digest
+            )
+    elif world.is_main:
         run = checkpoint.create_run(
             root,
             name,
@@ -172,7 +189,15 @@ def start_training(
         checkpoint.update_info(
             run, corpus_sha256=digest, corpus_chars=arrays.train_chars + arrays.val_chars
         )
-    return TrainingSession(run, trainer, tokenizer, trainer.state.step, warnings, lock, arrays)
+    else:
+        run = None  # only rank 0 writes the run directory
+    if world.active:
+        # Different dropout masks in each process; weights were broadcast from rank 0.
+        torch.manual_seed(train_config.seed + 7919 * world.rank + trainer.state.step)
+    barrier(world)
+    return TrainingSession(
+        run, trainer, tokenizer, trainer.state.step, warnings, lock, arrays, world
+    )
 
 
 def save_checkpoint(session: TrainingSession, result: EvalResult | None, status: str) -> None:
@@ -189,7 +214,7 @@ def save_checkpoint(session: TrainingSession, result: EvalResult | None, status:
                 "train_loss": state.loss,
                 "val_loss": result.nats_per_token,
                 "val_bpc": result.bits_per_char,
-            "val_tokens": result.tokens,
+                "val_tokens": result.tokens,
                 "lr": trainer.learning_rate(),
             },
         )

@@ -20,6 +20,15 @@ import torch.nn.functional as F
 from chargen.config import TrainConfig
 from chargen.data import Batches, Stream, bits_per_char, eval_layout
 from chargen.device import autocast
+from chargen.distributed import (
+    SINGLE,
+    World,
+    any_true,
+    average_gradients,
+    broadcast_parameters,
+    gather_rows,
+    sum_all,
+)
 from chargen.errors import TrainingDiverged
 from chargen.model import Hidden, RNNLanguageModel, detach_hidden
 
@@ -62,12 +71,22 @@ def evaluate(
     device: torch.device,
     bf16: bool = False,
     window: int = 256,
+    world: World = SINGLE,
 ) -> EvalResult:
-    """Mean loss of ``model`` over every prediction of ``stream``, carrying state across windows."""
+    """Mean loss of ``model`` over every prediction of ``stream``, carrying state across windows.
+
+    In a distributed run each process scores every ``world.size``-th stream and the sums are
+    added up, so every process gets the same result."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for inputs, targets in eval_layout(stream.ids):
+    for all_inputs, all_targets in eval_layout(stream.ids):
+        inputs, targets = (
+            all_inputs[world.rank :: world.size],
+            all_targets[world.rank :: world.size],
+        )
+        if len(inputs) == 0:
+            continue
         hidden = model.init_hidden(inputs.shape[0])
         for start in range(0, inputs.shape[1], window):
             x = inputs[:, start : start + window].to(device)  # (B, T)
@@ -79,6 +98,8 @@ def evaluate(
             ).item()
             count += y.numel()
     model.train(was_training)
+    total, count = sum_all([total, float(count)], world)
+    count = int(count)
     if count == 0:
         return EvalResult(math.nan, math.nan, 0, 0)
     return EvalResult(total / count, bits_per_char(total, stream.chars), count, stream.chars)
@@ -93,7 +114,10 @@ class Trainer:
         config: TrainConfig,
         device: torch.device,
         bf16: bool = False,
+        world: World = SINGLE,
     ):
+        self.world = world
+        broadcast_parameters(model, world)  # every process starts from the same weights
         self.model = model.to(device)
         self.batches = batches
         self.val = val
@@ -105,6 +129,7 @@ class Trainer:
         )
         self.state = TrainState()
         self.hidden: Hidden = model.init_hidden(batches.batch_size)
+        self.checkpoint_hidden: Hidden = self.hidden  # every process's state, for saving
 
     # ------------------------------------------------------------------ schedule and limits
 
@@ -162,6 +187,7 @@ class Trainer:
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.model.parameters(), self.world)
         # Clip the global gradient norm: BPTT gradients can explode (Pascanu et al. 2013).
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
         if not (math.isfinite(loss.item()) and math.isfinite(norm.item())):
@@ -175,14 +201,14 @@ class Trainer:
         self.hidden = detach_hidden(hidden)
         state.step += 1
         state.window += 1
-        state.tokens_seen += x.numel()
+        state.tokens_seen += x.numel() * self.world.size
         state.loss = loss.item()
         return state.loss
 
     def evaluate(self) -> EvalResult | None:
         if self.val is None or len(self.val) < 2:
             return None
-        result = evaluate(self.model, self.val, self.device, self.bf16)
+        result = evaluate(self.model, self.val, self.device, self.bf16, world=self.world)
         state = self.state
         state.val_loss, state.val_bpc = result.nats_per_token, result.bits_per_char
         if state.best_val_loss is None or result.nats_per_token < state.best_val_loss:
@@ -212,9 +238,7 @@ class Trainer:
         started, elapsed_before = time.perf_counter(), state.elapsed
         last_eval_step = state.step if state.val_loss is not None else -1
         while True:
-            reason = self._limit_reached()
-            if reason is None and should_stop():
-                reason = "interrupted"
+            reason = self._agreed_stop(should_stop)
             if reason is not None:
                 break
             self.train_step()
@@ -224,6 +248,7 @@ class Trainer:
             if state.step % self.config.eval_every == 0:
                 result = self.evaluate()
                 last_eval_step = state.step
+                self._gather_hidden()
                 if on_eval:
                     on_eval(self, result)
                 if self.config.patience and state.bad_evals >= self.config.patience:
@@ -231,7 +256,38 @@ class Trainer:
                     break
         if last_eval_step != state.step and state.step > 0 and reason != "interrupted":
             result = self.evaluate()
+            self._gather_hidden()
             if on_eval:
                 on_eval(self, result)
+        self._gather_hidden()
         state.stop_reason = reason
         return state
+
+    def _agreed_stop(self, should_stop: Callable[[], bool]) -> str | None:
+        """Why to stop now, if at all. Step limits are the same everywhere; the clock and
+        Ctrl-C are not, so in a distributed run the processes agree: any one stops them all."""
+        reason = self._limit_reached()
+        if reason is None and should_stop():
+            reason = "interrupted"
+        if not self.world.active or reason in ("max_steps", "epochs"):
+            return reason
+        timed_out = any_true(reason == "time", self.world)
+        interrupted = any_true(reason == "interrupted", self.world)
+        return "interrupted" if interrupted else "time" if timed_out else None
+
+    def _gather_hidden(self) -> None:
+        """Collect every process's carried state (batch dimension, rank order) for saving."""
+        if isinstance(self.hidden, tuple):
+            self.checkpoint_hidden = tuple(gather_rows(h, self.world, 1) for h in self.hidden)
+        else:
+            self.checkpoint_hidden = gather_rows(self.hidden, self.world, 1)
+
+    def load_hidden(self, hidden: Hidden) -> None:
+        """Take this process's rows of a saved state of every process's streams."""
+        rows = self.batches.batch_size
+        start = self.world.rank * rows
+        if isinstance(hidden, tuple):
+            self.hidden = tuple(h[:, start : start + rows].to(self.device) for h in hidden)
+        else:
+            self.hidden = hidden[:, start : start + rows].to(self.device)
+        self.checkpoint_hidden = hidden
