@@ -5,6 +5,7 @@ process slow down many times over):
 
     python benchmarks/run.py                      # everything, about 5 minutes
     python benchmarks/run.py --only sampling tokenize
+    python benchmarks/run.py --only scale         # 1 GB generated corpus: tokenizing, memory
     python benchmarks/run.py --corpus path/to/tinyshakespeare.txt --train-time 120
 
 Prints a table on stderr and writes every figure to benchmarks/results/latest.json.
@@ -229,6 +230,66 @@ def bench_tokenize(corpus: Path) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------------- scale
+
+
+def make_big_corpus(source: Path, path: Path, megabytes: int) -> None:
+    """``megabytes`` of text made of the source's lines in a seeded random order."""
+    import random
+
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+    rng = random.Random(0)
+    target = megabytes * 1_000_000
+    written = 0
+    with open(path, "w", encoding="utf-8") as out:
+        while written < target:
+            block = rng.choices(lines, k=20_000)
+            text = "".join(block)
+            out.write(text)
+            written += len(text.encode("utf-8"))
+
+
+def bench_scale(corpus: Path, megabytes: int, env: dict) -> dict:
+    """Tokenize a big generated corpus (fresh cache) and train on it briefly; peak RSS."""
+    from chargen import corpus as corpus_module
+
+    scratch = Path(env["CHARGEN_CHECKPOINTS"])
+    big = scratch / "big.txt"
+    make_big_corpus(corpus, big, megabytes)
+    size = big.stat().st_size
+    cache = scratch / "cache"
+    started = time.perf_counter()
+    corpus_module.prepare([big], None, "char", 10_000, 1, 0.1, cache=cache)
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    _, arrays = corpus_module.prepare([big], None, "char", 10_000, 1, 0.1, cache=cache)
+    again = time.perf_counter() - started
+    peak_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    train_env = dict(env, CHARGEN_CACHE=str(cache))
+    chargen(
+        "train",
+        str(big),
+        "--name",
+        "big",
+        "--max-steps",
+        "200",
+        "--eval-every",
+        "100",
+        "--quiet",
+        "--force",
+        env=train_env,
+    )
+    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, peak_before)
+    return {
+        "corpus_mb": size / 1e6,
+        "tokenize_mb_per_sec": size / 1e6 / first,
+        "tokenize_seconds": first,
+        "cached_open_seconds": again,
+        "train_peak_rss_mb": peak / 1024,
+        "token_dtype": str(arrays.train.dtype),
+    }
+
+
 # ------------------------------------------------------------------------------------ main
 
 TARGETS = {
@@ -242,8 +303,11 @@ TARGETS = {
     ("startup", "first_token_seconds"): ("<=", 1.5),
     ("tokenize", "char_mb_per_sec"): (">=", 50),
     ("tokenize", "word_mb_per_sec"): (">=", 10),
+    ("scale", "tokenize_mb_per_sec"): (">=", 50),
+    ("scale", "train_peak_rss_mb"): ("<=", 2048),
 }
-GROUPS = ("quality", "throughput", "sampling", "startup", "tokenize")
+GROUPS = ("quality", "throughput", "sampling", "startup", "tokenize", "scale")
+DEFAULT_GROUPS = GROUPS[:-1]  # scale writes a 1 GB corpus and 2 GB of tokens: ask for it
 
 
 def main() -> None:
@@ -251,7 +315,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--train-time", type=float, default=120.0)
     parser.add_argument("--throughput-time", type=float, default=30.0)
-    parser.add_argument("--only", nargs="*", choices=GROUPS, default=list(GROUPS))
+    parser.add_argument("--only", nargs="*", choices=GROUPS, default=list(DEFAULT_GROUPS))
+    parser.add_argument("--scale-mb", type=int, default=1000, help="size of the scale corpus")
     args = parser.parse_args()
     if not args.corpus.is_file():
         raise SystemExit(f"{args.corpus}: no such corpus; pass --corpus")
@@ -274,6 +339,9 @@ def main() -> None:
             results["startup"] = bench_startup(env)
         if "tokenize" in args.only:
             results["tokenize"] = bench_tokenize(args.corpus)
+        if "scale" in args.only:
+            print(f"scale: {args.scale_mb} MB corpus ...", file=sys.stderr)
+            results["scale"] = bench_scale(args.corpus, args.scale_mb, env)
     if "quality" not in args.only:
         results.pop("quality", None)
 

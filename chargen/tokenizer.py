@@ -20,6 +20,7 @@ This module knows nothing about models, files on disk or the command line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -38,6 +39,8 @@ _PATTERNS = {
     "word": r"\w+|[^\w\s]|\s",
     "abc": ABC_PATTERN,
 }
+_ASCII_WORD = re.compile(r"[A-Za-z0-9_]+|[^A-Za-z0-9_\s]|\s", re.ASCII)
+"""The word level's pieces for ASCII text, where Rust's Unicode classes agree with these."""
 _CHUNK_CHARS = 1 << 16  # corpus pieces handed to encode_batch; big enough to amortise call cost
 
 
@@ -121,6 +124,12 @@ class Tokenizer:
             return np.zeros(0, dtype=np.int64)
         if self.level == "char":
             return self._encode_chars(text)
+        if self.level == "word" and text.isascii():
+            # On ASCII text this pattern cuts exactly where the Rust regex of the word level
+            # does, and a dict lookup per piece is five times faster than encode_batch.
+            vocab = self._vocab
+            pieces = _ASCII_WORD.findall(text)
+            return np.fromiter((vocab.get(p, 0) for p in pieces), np.int64, len(pieces))
         ids: list[int] = []
         for encoding in self.hf.encode_batch(list(_chunks(text)), add_special_tokens=False):
             ids.extend(encoding.ids)

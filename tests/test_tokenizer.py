@@ -99,3 +99,14 @@ def test_malformed_tokenizer_json_is_a_tokenizer_error():
 def test_encoding_returns_int64_arrays():
     ids = Tokenizer.train("abc", "char").encode("abc")
     assert ids.dtype == np.int64 and ids.tolist() == [1, 2, 3]
+
+
+@settings(max_examples=200)
+@given(
+    train_text=st.text(st.characters(max_codepoint=127)),
+    text=st.text(st.characters(max_codepoint=127)),
+)
+def test_ascii_fast_path_of_the_word_level_matches_the_hugging_face_tokenizer(train_text, text):
+    tokenizer = Tokenizer.train(train_text, "word")
+    expected = tokenizer.hf.encode(text, add_special_tokens=False).ids if text else []
+    assert tokenizer.encode(text).tolist() == expected
