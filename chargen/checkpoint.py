@@ -41,6 +41,7 @@ from chargen.errors import (
     TokenizerError,
     UsageError,
 )
+from chargen.files import DIR_MODE, atomic_path, fsync_dir, write_atomic
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
 from chargen.train import Trainer, TrainState
@@ -84,67 +85,14 @@ def run_path(root: Path, name: str) -> Path:
 # ---------------------------------------------------------------------------- atomic writes
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; renamed into place they get this
-
-
-def _temporary(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)
-    return tmp
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    tmp = _temporary(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
-    tmp = _temporary(path)
-    try:
+    with atomic_path(path) as tmp:
         try:
             save_file(tensors, tmp, metadata=metadata)
         except OSError:
             raise
         except Exception as exc:  # safetensors reports a full disk as its own error type
             raise CheckpointError(f"cannot write {path}: {exc}") from None
-        os.chmod(tmp, _FILE_MODE)  # safetensors may have created the file anew
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not every platform opens directories
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -354,7 +302,7 @@ def create_run(
         "resumable": False,
     }
     try:
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, DIR_MODE)
         write_atomic(staging / TOKENIZER_FILE, tokenizer.to_json().encode())
         _write_json(staging / RUN_FILE, info)
         if path.exists():
@@ -363,7 +311,7 @@ def create_run(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     return Run(path, info)
 
 

@@ -677,7 +677,7 @@ def sample(
     if output is None:
         out.write(rendered)
     else:
-        from chargen.checkpoint import write_atomic
+        from chargen.files import write_atomic
 
         write_atomic(Path(output), rendered.encode("utf-8"))
         click.echo(f"Wrote {len(samples)} sample{'s' if num > 1 else ''} to {output}", err=True)

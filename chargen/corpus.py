@@ -27,6 +27,7 @@ import numpy as np
 
 from chargen.data import BOM, not_utf8
 from chargen.errors import CorpusError
+from chargen.files import write_atomic
 from chargen.tokenizer import Tokenizer
 
 CHUNK_BYTES = 1 << 24  # 16 MB of a file at a time
@@ -230,7 +231,8 @@ def prepare(
             tokenizer = train_tokenizer(
                 sources, cut, level, vocab_size, min_freq, phase("vocabulary")
             )
-            _write_cache_file(vocab_file, tokenizer.to_json().encode("utf-8"))
+            vocab_file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(vocab_file, tokenizer.to_json().encode("utf-8"))
     tokens_key = _key(digest, "tokens", tokenizer.to_json(), cut)
     entry = cache / f"tokens-{tokens_key}"
     cached = (entry / "meta.json").is_file()
@@ -326,11 +328,3 @@ def _open_entry(entry: Path, digest: str, cached: bool) -> TokenArrays:
         digest=digest,
         cached=cached,
     )
-
-
-def _write_cache_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
