@@ -104,7 +104,10 @@ class Stepper:
     layer. It gives the same logits as ``forward`` on one token at a time, in eval mode.
     """
 
-    def __init__(self, model: RNNLanguageModel):
+    def __init__(self, model: RNNLanguageModel, bf16: bool = False):
+        """``bf16`` runs the matrix products in bfloat16 (state and gates stay float32): over
+        twice as fast for many streams on CPUs with native bf16, slower for one stream."""
+        self.bf16 = bf16
         self.cell = model.config.cell
         self.num_layers = model.config.num_layers
         self.hidden_size = model.config.hidden_size
@@ -125,6 +128,16 @@ class Stepper:
                 self.token_gates += self.b_hh[0]
             self.w_out = model.head.weight.t().contiguous()  # (H, V)
             self.b_out = model.head.bias.clone()
+            if bf16:
+                self.w_hh = [w.bfloat16() for w in self.w_hh]
+                self.w_ih = [w.bfloat16() for w in self.w_ih]
+                self.w_out = self.w_out.bfloat16()
+
+    def _matmul_add(self, added: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
+        """``added + x @ weight`` in float32, the product in bf16 when asked."""
+        if self.bf16:
+            return added + (x.bfloat16() @ weight).float()
+        return torch.addmm(added, x, weight)
 
     def __call__(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         """Logits (N, V) for tokens ``ids`` (N,) and the next hidden state."""
@@ -140,17 +153,17 @@ class Stepper:
             if k == 0:
                 gates_x = self.token_gates[ids]  # (N, G)
             else:
-                gates_x = torch.addmm(self.b_ih[k], x, self.w_ih[k])
+                gates_x = self._matmul_add(self.b_ih[k], x, self.w_ih[k])
                 if self.cell != "gru":
                     gates_x = gates_x + self.b_hh[k]
             if self.cell == "lstm":
-                gates = torch.addmm(gates_x, h, self.w_hh[k])  # (N, 4H)
+                gates = self._matmul_add(gates_x, h, self.w_hh[k])  # (N, 4H)
                 i, f, g, o = gates.chunk(4, dim=1)
                 c = torch.sigmoid(f) * c_all[k] + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
                 new_c.append(c)
             elif self.cell == "gru":
-                gates_h = torch.addmm(self.b_hh[k], h, self.w_hh[k])  # (N, 3H)
+                gates_h = self._matmul_add(self.b_hh[k], h, self.w_hh[k])  # (N, 3H)
                 xr, xz, xn = gates_x.chunk(3, dim=1)
                 hr, hz, hn = gates_h.chunk(3, dim=1)
                 r = torch.sigmoid(xr + hr)
@@ -158,10 +171,10 @@ class Stepper:
                 n = torch.tanh(xn + r * hn)
                 h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
             else:
-                h = torch.tanh(torch.addmm(gates_x, h, self.w_hh[k]))
+                h = torch.tanh(self._matmul_add(gates_x, h, self.w_hh[k]))
             new_h.append(h)
             x = h
-        logits = torch.addmm(self.b_out, x, self.w_out)  # (N, V)
+        logits = self._matmul_add(self.b_out, x, self.w_out)  # (N, V)
         if self.cell == "lstm":
             return logits, (torch.stack(new_h), torch.stack(new_c))
         return logits, torch.stack(new_h)

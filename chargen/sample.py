@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from chargen.config import SampleConfig
+from chargen.device import use_bf16
 from chargen.errors import UsageError
 from chargen.model import Hidden, RNNLanguageModel, Stepper, select_hidden
 from chargen.tokenizer import UNK, Tokenizer
@@ -46,6 +47,9 @@ def choose(
     # equivalent to the Gumbel-max trick) and costs less per call than torch.multinomial.
     noise = torch.empty_like(probs).exponential_(generator=generator)
     return (probs / noise).argmax(dim=-1)
+
+
+BF16_MIN_STREAMS = 16
 
 
 def warm_up(
@@ -84,7 +88,9 @@ def generate(
         generator.seed()
     model.eval()
     logits, hidden = warm_up(model, prime_ids, config.num, device)
-    step = Stepper(model)
+    # Many streams: bf16 products pay off where the hardware has them; one stream: they don't.
+    bf16 = config.num >= BF16_MIN_STREAMS and use_bf16(torch.device(device), "auto")
+    step = Stepper(model, bf16=bf16)
     for _ in range(config.length):
         logits[:, 0] = -math.inf  # id 0 is <unk>: a sample must not print it
         ids = choose(logits, config.temperature, config.top_k, config.top_p, generator)

@@ -88,3 +88,17 @@ def test_stepper_gives_the_logits_of_the_fused_module(cell, layers):
             logits, hidden = step(ids[:, t], hidden)
             produced.append(logits)
     assert torch.allclose(torch.stack(produced, dim=1), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bf16_stepper_stays_close_to_the_float32_one(cell):
+    model = make(cell, num_layers=2)
+    ids = torch.randint(0, 11, (16, 12))
+    with torch.no_grad():
+        exact, low = Stepper(model), Stepper(model, bf16=True)
+        h_exact = h_low = model.init_hidden(16)
+        for t in range(12):
+            a, h_exact = exact(ids[:, t], h_exact)
+            b, h_low = low(ids[:, t], h_low)
+            assert b.dtype == torch.float32
+            assert torch.allclose(a, b, atol=0.05), (a - b).abs().max()
