@@ -354,7 +354,8 @@ def main() -> None:
                 op, bound = target
                 ok = value <= bound if op == "<=" else value >= bound
                 mark = f"{op} {bound:g}  {'ok' if ok else 'MISSED'}"
-            print(f"{group + '.' + key:<44} {value:>14,.4f}  {mark}", file=sys.stderr)
+            shown = f"{value:>14,.4f}" if isinstance(value, (int, float)) else f"{value:>14}"
+            print(f"{group + '.' + key:<44} {shown}  {mark}", file=sys.stderr)
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {
         "machine": {

@@ -80,7 +80,7 @@ def expand_sources(specs: list[str]) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-def iter_text(paths: list[Path], progress: Progress | None = None) -> Iterator[str]:
+def iter_text(paths: list[Path], progress: Progress | None = None, digest=None) -> Iterator[str]:
     """The text of ``paths`` in chunks, decoded as UTF-8; files are joined by a line break
     where one does not already end with one. A byte-order mark starting a file is dropped."""
     last = "\n"
@@ -95,6 +95,8 @@ def iter_text(paths: list[Path], progress: Progress | None = None) -> Iterator[s
             while True:
                 data = handle.read(CHUNK_BYTES)
                 final = not data
+                if digest is not None:
+                    digest.update(data if data else b"\x00end of file\x00")
                 try:
                     text = decoder.decode(data, final=final)
                 except UnicodeDecodeError as exc:
@@ -170,12 +172,11 @@ class TokenArrays:
 
 
 def corpus_digest(paths: list[Path], progress: Progress | None = None) -> tuple[str, int, bool]:
-    """A content hash of the corpus (its text in order), its length in characters, and whether
-    any of it is more than whitespace."""
+    """A content hash of the corpus (its files' bytes in order), its length in characters, and
+    whether any of it is more than whitespace."""
     digest = hashlib.sha256()
     chars, blank = 0, True
-    for text in iter_text(paths, progress):
-        digest.update(text.encode("utf-8", "surrogatepass"))
+    for text in iter_text(paths, progress, digest):  # hashes the bytes as they are read
         chars += len(text)
         blank = blank and not text.strip()
     return digest.hexdigest(), chars, not blank
