@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from chargen.config import ModelConfig, TrainConfig, from_dict, to_dict
@@ -412,14 +412,24 @@ def load_tokenizer(run: Run) -> Tokenizer:
 
 
 def _read_tensors(path: Path, prefix: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors (optionally only those under ``prefix``) and metadata of a safetensors file."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
+    """Tensors (optionally only those under ``prefix``) and metadata of a safetensors file.
+
+    The file is read whole, in one ``open``: a trainer may replace it at any moment, and a
+    reader that opened it twice (once for the header, once for the data) could mix versions.
+    """
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            keys = [k for k in handle.keys() if prefix is None or k.startswith(prefix)]  # noqa: SIM118
-            tensors = {k: handle.get_tensor(k) for k in keys}
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    try:
+        header_size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_size])  # JSON: the format has no code in it
+        metadata = header.get("__metadata__") or {}
+        tensors = {
+            k: v
+            for k, v in load_safetensors(data).items()
+            if prefix is None or k.startswith(prefix)
+        }
     except Exception as exc:  # safetensors raises several error types for damaged files
         raise CheckpointError(
             f"{path}: not a readable safetensors file ({exc}); "

@@ -149,3 +149,64 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(corpus, tmp_
         assert not [p for p in found.path.iterdir() if p.name.endswith(".tmp")]
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs mount(8)")
+def test_an_unwritable_checkpoint_directory_is_a_one_line_error(corpus, tmp_path):
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(frozen)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        env = dict(os.environ, CHARGEN_CHECKPOINTS=str(frozen))
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chargen",
+                "train",
+                str(corpus),
+                "--name",
+                "ro",
+                *TRAIN,
+                "--max-steps",
+                "3",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1
+        assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    finally:
+        subprocess.run(["umount", str(frozen)], capture_output=True)
+
+
+def test_sampling_while_a_run_trains_reads_complete_checkpoints(corpus, tmp_path):
+    root = tmp_path / "checkpoints"
+    process = start(corpus, root, "--time", "60s")
+    try:
+        wait_for_steps(root, 1)
+        for seed in range(15):  # every evaluation rewrites best and last under our feet
+            result = run(
+                "--checkpoint-dir",
+                root,
+                "sample",
+                "crash",
+                "--weights",
+                ("best", "last")[seed % 2],
+                "--length",
+                "20",
+                "--seed",
+                seed,
+            )
+            assert result.exit_code == 0, result.output
+            assert len(result.stdout) == 21
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
