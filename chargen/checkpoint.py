@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import typing
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from chargen.errors import (
     TokenizerError,
     UsageError,
 )
-from chargen.files import DIR_MODE, atomic_path, fsync_dir, write_atomic
+from chargen.files import atomic_path, staged_directory, write_atomic
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
 from chargen.train import Trainer, TrainState
@@ -283,10 +282,6 @@ def create_run(
                 "use --resume to continue it, --force to replace it, or another --name"
             )
         lock_run(path).close()  # refuse to delete a run that another process is training
-    root.mkdir(parents=True, exist_ok=True)
-    # Build the run in a hidden folder and rename it into place, so a crash never leaves a
-    # half-made run under the real name.
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".new"))
     now = time.time()
     info = {
         "format_version": FORMAT_VERSION,
@@ -301,17 +296,10 @@ def create_run(
         "state": to_dict(TrainState()),
         "resumable": False,
     }
-    try:
-        os.chmod(staging, DIR_MODE)
+    # Built in a hidden folder and renamed into place: a crash never leaves a half-made run.
+    with staged_directory(path) as staging:
         write_atomic(staging / TOKENIZER_FILE, tokenizer.to_json().encode())
         _write_json(staging / RUN_FILE, info)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    fsync_dir(root)
     return Run(path, info)
 
 

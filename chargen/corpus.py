@@ -17,8 +17,6 @@ import glob
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 
 from chargen.data import BOM, not_utf8
 from chargen.errors import CorpusError
-from chargen.files import write_atomic
+from chargen.files import staged_directory, write_atomic
 from chargen.tokenizer import Tokenizer
 
 CHUNK_BYTES = 1 << 24  # 16 MB of a file at a time
@@ -270,13 +268,11 @@ def _dtype(vocab_size: int) -> np.dtype:
 def _encode_to_cache(sources, tokenizer: Tokenizer, cut: int, entry: Path, progress) -> None:
     """Encode the corpus chunk by chunk into ``entry/{train,val}.bin``, built in a temporary
     folder and renamed into place so an interrupted run leaves no half-written entry."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp"))
     dtype = _dtype(tokenizer.vocab_size)
     counts = {"train": 0, "val": 0}
     chars = {"train": 0, "val": 0}
     aligners = {"train": _LineAligner(), "val": _LineAligner()}
-    try:
+    with staged_directory(entry, suffix=".tmp") as staging:
         with (
             open(staging / "train.bin", "wb") as train_out,
             open(staging / "val.bin", "wb") as val_out,
@@ -304,12 +300,6 @@ def _encode_to_cache(sources, tokenizer: Tokenizer, cut: int, entry: Path, progr
             "val_chars": chars["val"],
         }
         (staging / "meta.json").write_text(json.dumps(meta))
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(staging, entry)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _open_entry(entry: Path, digest: str, cached: bool) -> TokenArrays:

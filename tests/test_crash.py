@@ -1,5 +1,6 @@
 """Real processes, real kills: what a crash leaves behind must load, and resume must work."""
 
+import contextlib
 import json
 import os
 import random
@@ -102,44 +103,52 @@ def test_a_second_training_of_the_same_run_is_refused(corpus, tmp_path):
     assert first.returncode == 0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs mount(8)")
-def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(corpus, tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
+@contextlib.contextmanager
+def tmpfs(path, options):
+    """A tmpfs mounted at ``path`` for the block; skips the test where mounting is refused."""
+    path.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(small)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
     )
     if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
+        pytest.skip(f"cannot mount a tmpfs ({options}) here")
     try:
-        env = dict(os.environ, CHARGEN_CHECKPOINTS=str(small))
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "chargen",
-                "train",
-                str(corpus),
-                "--name",
-                "full",
-                "--hidden",
-                "128",
-                "--batch-size",
-                "4",
-                "--window",
-                "16",
-                "--eval-every",
-                "5",
-                "--max-steps",
-                "200",
-                "--quiet",
-                "--precision",
-                "fp32",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def train_into(root, corpus, name, *extra):
+    env = dict(os.environ, CHARGEN_CHECKPOINTS=str(root))
+    return subprocess.run(
+        [sys.executable, "-m", "chargen", "train", str(corpus), "--name", name, *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs mount(8)")
+def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(corpus, tmp_path):
+    with tmpfs(tmp_path / "small", "size=600k") as small:
+        result = train_into(
+            small,
+            corpus,
+            "full",
+            "--hidden",
+            "128",
+            "--batch-size",
+            "4",
+            "--window",
+            "16",
+            "--eval-every",
+            "5",
+            "--max-steps",
+            "200",
+            "--quiet",
+            "--precision",
+            "fp32",
         )
         assert result.returncode == 1
         assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
@@ -147,44 +156,15 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(corpus, tmp_
         found = checkpoint.open_run(small / "full")
         checkpoint.load_model(found, "best")
         assert not [p for p in found.path.iterdir() if p.name.endswith(".tmp")]
-    finally:
-        subprocess.run(["umount", str(small)], capture_output=True)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs mount(8)")
 def test_an_unwritable_checkpoint_directory_is_a_one_line_error(corpus, tmp_path):
-    frozen = tmp_path / "frozen"
-    frozen.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(frozen)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here")
-    try:
-        env = dict(os.environ, CHARGEN_CHECKPOINTS=str(frozen))
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "chargen",
-                "train",
-                str(corpus),
-                "--name",
-                "ro",
-                *TRAIN,
-                "--max-steps",
-                "3",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    with tmpfs(tmp_path / "frozen", "ro,size=1m") as frozen:
+        result = train_into(frozen, corpus, "ro", *TRAIN, "--max-steps", "3")
         assert result.returncode == 1
         assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
-    finally:
-        subprocess.run(["umount", str(frozen)], capture_output=True)
 
 
 def test_sampling_while_a_run_trains_reads_complete_checkpoints(corpus, tmp_path):
