@@ -189,16 +189,17 @@ def tune_fields(prime: str, meter: str | None, key: str | None) -> tuple[dict[st
     for letter, value, option in (("M", meter, "--meter"), ("K", key, "--key")):
         if value is None:
             continue
+        value = value.strip()
         if letter in fields and fields[letter] != value:
             raise CliError(f"{option} {value} contradicts {letter}:{fields[letter]} in --prime", 2)
-        fields[letter] = value.strip()
+        fields[letter] = value
     if "M" in fields:
         from chargen.abc_notation import meter_length
 
         if meter_length(fields["M"]) is None and fields["M"] not in ("none", "C", "C|"):
             raise CliError(f"cannot read the meter {fields['M']!r}; write it like 6/8, 3/4 or C", 2)
-    if music and not music.endswith("\n") and "K" not in fields:
-        raise CliError("a --prime with music needs a K: line before it", 2)
+    if music.strip() and "K" not in fields:
+        raise CliError("music in --prime needs a key first: a K: line or --key", 2)
     return fields, music
 
 

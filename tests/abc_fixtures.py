@@ -1,4 +1,7 @@
-"""Tunes written for these tests (not taken from any collection), good ones and broken ones."""
+"""Tunes written for these tests (not taken from any collection), good ones and broken ones,
+and a tiny ABC model trained on them."""
+
+from pathlib import Path
 
 JIG = """X:1
 T:The Lamplighter's Jig
@@ -50,3 +53,22 @@ def corpus_of(tunes: list[str], copies: int, seed: int = 0) -> str:
 
     rng = random.Random(seed)
     return "\n\n".join(renumber(rng.choice(tunes), i + 1) for i in range(copies)) + "\n"
+
+
+TINY_ABC = [
+    "--level", "abc", "--hidden", "64", "--embedding", "16", "--batch-size", "8",
+    "--window", "32", "--max-steps", "200", "--eval-every", "100", "--lr", "1e-2",
+    "--warmup", "10", "--precision", "fp32", "--quiet",
+]  # fmt: skip
+"""A model that learns the three good tunes well enough in about a second."""
+
+
+def train_tiny_abc(folder: Path) -> Path:
+    """Train the tiny ABC model on ``GOOD`` under ``folder``; returns its run directory."""
+    from tests.cli_helpers import run
+
+    corpus = folder / "tunes.abc"
+    corpus.write_text(corpus_of(GOOD, 60), encoding="utf-8")
+    result = run("--checkpoint-dir", folder / "runs", "train", corpus, "--name", "t", *TINY_ABC)
+    assert result.exit_code == 0, result.output
+    return folder / "runs" / "t"

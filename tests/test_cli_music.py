@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -6,9 +7,8 @@ import pytest
 from chargen import music
 from chargen.abc_notation import headers, split_tunes
 from chargen.tokenizer import Tokenizer
-from tests.abc_fixtures import BROKEN, GOOD, JIG, REEL, WALTZ, corpus_of
+from tests.abc_fixtures import BROKEN, JIG, REEL, WALTZ, train_tiny_abc
 from tests.cli_helpers import run
-from tests.test_tunes import TINY_ABC
 
 pytest.importorskip("music21")
 
@@ -22,13 +22,16 @@ def abc_dir(tmp_path):
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The run directory of the tiny ABC model, trained once for this module."""
+    return train_tiny_abc(tmp_path_factory.mktemp("tiny"))
+
+
 @pytest.fixture
-def folk(tmp_path):
-    """A tiny ABC-level run named folk, trained on the fixture tunes."""
-    corpus = tmp_path / "tunes.abc"
-    corpus.write_text(corpus_of(GOOD, 60), encoding="utf-8")
-    result = run("train", corpus, "--name", "folk", *TINY_ABC)
-    assert result.exit_code == 0, result.output
+def folk(tiny_run, tmp_path):
+    """A tiny ABC-level run named folk in this test's checkpoint directory."""
+    shutil.copytree(tiny_run, tmp_path / "checkpoints" / "folk")
     return "folk"
 
 
@@ -155,6 +158,7 @@ def test_valid_only_reports_validity(folk):
         (["--meter", "6/8", "--prime", "M:3/4\n"], "--meter 6/8 contradicts M:3/4 in --prime"),
         (["--meter", "six-eight"], "cannot read the meter 'six-eight'"),
         (["--key", "H#"], "the model never saw"),
+        (["--prime", "|:dAF"], "music in --prime needs a key first"),
     ],
 )
 def test_impossible_tune_requests_are_usage_errors(folk, args, message):

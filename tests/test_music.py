@@ -108,7 +108,7 @@ def test_a_tune_music21_cannot_read_fails_with_its_reason():
     ],
 )
 def test_garbage_never_crashes_the_checker(garbage):
-    checks = check_text(garbage)
+    checks = check_text(garbage, timeout=1.0)  # the absurd meter keeps music21 busy that long
     assert checks and not any(c.valid for c in checks)
 
 

@@ -6,24 +6,19 @@ from chargen.checkpoint import load_model, resolve_run
 from chargen.config import SampleConfig
 from chargen.errors import UsageError
 from chargen.tunes import generate_tunes, generate_valid_tunes, numbered
-from tests.abc_fixtures import GOOD, corpus_of
-from tests.cli_helpers import run
+from tests.abc_fixtures import train_tiny_abc
 
-TINY_ABC = [
-    "--level", "abc", "--hidden", "64", "--embedding", "16", "--batch-size", "8",
-    "--window", "32", "--max-steps", "200", "--eval-every", "100", "--lr", "1e-2",
-    "--warmup", "10", "--precision", "fp32", "--quiet",
-]  # fmt: skip
-"""A model that learns the three fixture tunes well enough in about a second."""
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The run directory of the tiny ABC model, trained once for this module."""
+    return train_tiny_abc(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    corpus = tmp_path / "tunes.abc"
-    corpus.write_text(corpus_of(GOOD, 60), encoding="utf-8")
-    result = run("--checkpoint-dir", tmp_path / "runs", "train", corpus, "--name", "t", *TINY_ABC)
-    assert result.exit_code == 0, result.output
-    return load_model(resolve_run("t", tmp_path / "runs"))
+def tiny(tiny_run):
+    """A fresh copy of the tiny model and its tokenizer (tests may change the weights)."""
+    return load_model(resolve_run(str(tiny_run), tiny_run.parent))
 
 
 def test_tiny_model_tunes_end_at_the_end_marker(tiny):
