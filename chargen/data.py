@@ -57,14 +57,6 @@ def not_utf8(path, data: bytes, at: int, offset: int = 0, lines: int = 0, line_s
     )
 
 
-def read_corpus(path: str | Path) -> str:
-    """``read_text`` that also refuses files with nothing to learn from."""
-    text = read_text(path)
-    if not text.strip():
-        raise CorpusError(f"{path}: the corpus is empty or only whitespace; give a file with text")
-    return text
-
-
 def split_text(text: str, val_frac: float, boundary: str | None = None) -> tuple[str, str]:
     """Training text and validation text: the last ``val_frac`` of the characters is validation.
 
@@ -150,10 +142,6 @@ class Batches:
             self.inputs = self.inputs[rank * rows : (rank + 1) * rows]
             self.targets = self.targets[rank * rows : (rank + 1) * rows]
             self.batch_size = rows
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
 
     def shift(self, epoch: int) -> int:
         if epoch == 0:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from chargen.data import Batches, Stream, eval_layout, read_corpus, read_text, split_text
+from chargen.data import Batches, Stream, eval_layout, read_text, split_text
 from chargen.errors import CorpusError
 from chargen.tokenizer import Tokenizer
 
@@ -18,14 +18,6 @@ def test_byte_order_mark_is_dropped_and_crlf_kept(tmp_path):
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbfone\r\ntwo\r\n")
     assert read_text(path) == "one\r\ntwo\r\n"
-
-
-@pytest.mark.parametrize("content", ["", "   \n\t\n"])
-def test_empty_or_whitespace_corpus_is_refused(tmp_path, content):
-    path = tmp_path / "empty.txt"
-    path.write_text(content)
-    with pytest.raises(CorpusError, match="empty or only whitespace"):
-        read_corpus(path)
 
 
 def test_validation_split_is_the_end_of_the_text():
