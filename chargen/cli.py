@@ -304,10 +304,11 @@ _MODEL_FIELDS = {"layers": "num_layers", "hidden": "hidden_size", "embedding": "
 @checkpoint_dir_option
 @click.pass_context
 def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **options):
-    """Train a model on CORPUS, a UTF-8 text file.
+    """Train a model on CORPUS: UTF-8 text files, folders of them, or glob patterns.
 
     Without --max-steps, --epochs or --time, training runs 10 epochs. Ctrl-C stops
-    cleanly and saves a checkpoint that --resume continues.
+    cleanly and saves a checkpoint that --resume continues. Under torchrun, each
+    process trains a share of the batch.
 
     \b
     Examples:
@@ -315,6 +316,8 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
       chargen train shakespeare.txt --name bard --cell gru --layers 2 --hidden 256
       chargen train novel.txt --level word --vocab-size 20000 --epochs 5
       chargen train --name bard --resume --time 10m
+      chargen train books/ 'more/*.txt' --name library
+      torchrun --standalone --nproc-per-node 2 -m chargen train big.txt --batch-size 64
     """
     from chargen.console import ReadingProgress, console, fmt, training_progress
     from chargen.distributed import shutdown
