@@ -8,6 +8,7 @@ so the models must tell the traditions apart by the music and its headers alone.
 
     python benchmarks/identify.py                 # about 4 minutes on 2 cores
     python benchmarks/identify.py --time 120      # seconds of training per model
+    python benchmarks/identify.py --music-only    # no header lines at all: melodies only
 
 Prints per-tradition and overall accuracy and writes benchmarks/results/identify.json.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,10 +40,18 @@ def without_titles(tune: str) -> str:
     return "\n".join(line for line in tune.split("\n") if not line.startswith("T:"))
 
 
+def music_only(tune: str) -> str:
+    """The tune without any header line (X:, M:, L:, K:, R: ...): notes and bar lines only."""
+    return "\n".join(line for line in tune.split("\n") if not re.match(r"[A-Za-z]:", line))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time", type=float, default=60.0, help="training seconds per model")
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument(
+        "--music-only", action="store_true", help="drop every header line, not only titles"
+    )
     args = parser.parse_args()
 
     from chargen.abc_notation import TUNE_END, split_tunes
@@ -60,7 +70,8 @@ def main() -> None:
             CHARGEN_CACHE=str(scratch / "cache"),
         )
         for name, files in TRADITIONS.items():
-            tunes = [without_titles(t) for t in split_tunes(build_corpus(files(corpus_root)).text)]
+            strip = music_only if args.music_only else without_titles
+            tunes = [strip(t) for t in split_tunes(build_corpus(files(corpus_root)).text)]
             cut = int(len(tunes) * 0.9)
             held_out[name] = tunes[cut:]
             counts[name] = {"train_tunes": cut, "held_out_tunes": len(tunes) - cut}
@@ -105,10 +116,12 @@ def main() -> None:
     record = {
         "train_seconds_per_model": args.time,
         "hidden": args.hidden,
+        "music_only": args.music_only,
         "traditions": results,
         "overall_accuracy": overall,
     }
-    (RESULTS / "identify.json").write_text(json.dumps(record, indent=2) + "\n")
+    name = "identify-music-only.json" if args.music_only else "identify.json"
+    (RESULTS / name).write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
