@@ -119,6 +119,21 @@ checkpoint_dir_option = click.option(
 """The group's --checkpoint-dir, accepted after the command name too."""
 
 
+weights_option = click.option(
+    "--weights", type=click.Choice(["best", "last"]), default="best", show_default=True
+)
+
+
+def device_option(default: str, help: str | None = None):
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
 def _echo_json(data) -> None:
     """One line of strict JSON: NaN and infinity (which JSON lacks) become null."""
     click.echo(json.dumps(_finite(data), ensure_ascii=False, allow_nan=False))
@@ -288,9 +303,7 @@ _MODEL_FIELDS = {"layers": "num_layers", "hidden": "hidden_size", "embedding": "
 )
 @click.option("--time", type=Duration(), help="Stop after this long: 90s, 10m, 1h.")
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
-)
+@device_option("auto")
 @click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16"]),
@@ -503,7 +516,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
 )
 @click.option("--seed", type=int, help="Seed for a reproducible sample.")
 @click.option("--stop", help="End each sample at the first occurrence of this text (excluded).")
-@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@weights_option
 @click.option(
     "-o",
     "--output",
@@ -516,13 +529,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
     is_flag=True,
     help="One JSON object per sample: text, tokens, mean log-probability.",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="cpu",
-    show_default=True,
-    help="cpu is fastest for a few streams; a GPU pays off for large --num.",
-)
+@device_option("cpu", "cpu is fastest for a few streams; a GPU pays off for large --num.")
 @click.option(
     "--beam",
     type=click.IntRange(1),
@@ -691,14 +698,9 @@ def sample(
 
 @cli.command("eval", context_settings=CONTEXT)
 @click.argument("args", nargs=-1, required=True, metavar="[RUN] FILE...")
-@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@weights_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    show_default=True,
-)
+@device_option("auto")
 @checkpoint_dir_option
 @click.pass_context
 def eval_(ctx, args, weights, as_json, device):
@@ -727,14 +729,9 @@ def eval_(ctx, args, weights, as_json, device):
 @click.argument("run")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--per-line", is_flag=True, help="Score every line on its own.")
-@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@weights_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file (or line).")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    show_default=True,
-)
+@device_option("auto")
 @checkpoint_dir_option
 @click.pass_context
 def score(ctx, run, files, per_line, weights, as_json, device):
@@ -830,7 +827,7 @@ def _report_scores(ctx, run_spec, files, weights, as_json, device, per_line) -> 
     multiple=True,
     help="A run to compare (repeat; default: every run in the checkpoint directory).",
 )
-@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@weights_option
 @click.option("--json", "as_json", is_flag=True, help="The ranking as a JSON array on stdout.")
 @checkpoint_dir_option
 @click.pass_context

@@ -52,6 +52,16 @@ def choose(
 BF16_MIN_STREAMS = 16
 
 
+def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
+    """The random source of one sampling run: ``seed`` for the same text again, else fresh."""
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator
+
+
 def warm_up(
     model: RNNLanguageModel,
     prime_ids: list[int],
@@ -81,11 +91,7 @@ def generate(
     ``logprobs`` are the log-probabilities of the chosen tokens under the model's own (untempered)
     distribution. ``prime_ids`` must not be empty. The ``<unk>`` token is never chosen.
     """
-    generator = torch.Generator(device=device)
-    if config.seed is not None:
-        generator.manual_seed(config.seed)
-    else:
-        generator.seed()
+    generator = seeded_generator(config.seed, device)
     model.eval()
     logits, hidden = warm_up(model, prime_ids, config.num, device)
     # Many streams: bf16 products pay off where the hardware has them; one stream: they don't.

@@ -25,7 +25,7 @@ from chargen.abc_notation import HEADER_ORDER, TUNE_END, header_lines, renumber
 from chargen.config import SampleConfig
 from chargen.errors import UsageError
 from chargen.model import RNNLanguageModel, Stepper, select_hidden
-from chargen.sample import choose, prime_ids, warm_up
+from chargen.sample import choose, prime_ids, seeded_generator, warm_up
 from chargen.tokenizer import Tokenizer
 
 TUNE_START = TUNE_END + "X:1\n"
@@ -155,11 +155,7 @@ def generate_tunes(
     config.validate()
     fields = dict(fields or {})
     check_fields(tokenizer, fields, music)
-    generator = torch.Generator(device=device)
-    if config.seed is not None:
-        generator.manual_seed(config.seed)
-    else:
-        generator.seed()
+    generator = seeded_generator(config.seed, device)
     model.eval()
     writers = [_TuneWriter(tokenizer, fields, music) for _ in range(config.num)]
     logits, hidden = warm_up(model, prime_ids(tokenizer, TUNE_START), config.num, device)
