@@ -333,7 +333,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
       torchrun --standalone --nproc-per-node 2 -m chargen train big.txt --batch-size 64
     """
     from chargen.console import ReadingProgress, console, fmt, training_progress
-    from chargen.distributed import shutdown
+    from chargen.distributed import barrier, shutdown
     from chargen.session import default_run_name, save_checkpoint, start_training
 
     if resume and force:
@@ -441,6 +441,9 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
         status = "interrupted" if state.stop_reason == "interrupted" else "finished"
         if main:
             save_checkpoint(session, None, status=status)
+        # Tear the process group down together: a process that leaves while rank 0 still saves
+        # can die in gloo's teardown ("terminate called without an active exception").
+        barrier(session.world)
     finally:
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)

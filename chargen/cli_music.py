@@ -230,6 +230,12 @@ def sample_tunes(
 
     if (wav or svg) and midi is None:
         raise CliError("--wav and --svg write next to the MIDI files: give --midi DIR", 2)
+    if config.stop:
+        raise CliError(
+            "--stop does not apply to tunes: each tune ends at its own blank line; "
+            "cap a tune's length with --length",
+            2,
+        )
     fields, music = tune_fields(config.prime, meter, key)
     if midi is not None or valid_only:
         check_tools(wav=wav, svg=svg)  # before sampling, not after

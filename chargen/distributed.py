@@ -9,6 +9,7 @@ Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) nothing here does an
 
 from __future__ import annotations
 
+import faulthandler
 import os
 from dataclasses import dataclass
 
@@ -40,6 +41,9 @@ def init_from_env(device_type: str) -> World:
     if size <= 1:
         return SINGLE
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    # A process killed by a fatal signal (say, an abort in a collective) prints where it was;
+    # torchrun would otherwise report only the signal.
+    faulthandler.enable()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return world

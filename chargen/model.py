@@ -87,6 +87,14 @@ def detach_hidden(hidden: Hidden) -> Hidden:
     return hidden.detach()
 
 
+def reset_rows(hidden: Hidden, rows: torch.Tensor) -> Hidden:
+    """The state with the streams where ``rows`` (B,) is true set back to zero, the start state."""
+    keep = (~rows).to(dtype=hidden[0].dtype if isinstance(hidden, tuple) else hidden.dtype)
+    if isinstance(hidden, tuple):
+        return tuple(h * keep[None, :, None] for h in hidden)
+    return hidden * keep[None, :, None]
+
+
 def select_hidden(hidden: Hidden, index: torch.Tensor) -> Hidden:
     """Rows ``index`` of the batch dimension of a hidden state."""
     if isinstance(hidden, tuple):

@@ -20,7 +20,7 @@ from chargen import checkpoint
 from chargen import corpus as corpus_module
 from chargen.abc_notation import TUNE_END
 from chargen.config import ModelConfig, TrainConfig, from_dict, option_name, to_dict
-from chargen.data import Batches, Stream
+from chargen.data import Batches, Stream, piece_starts
 from chargen.device import pick_device, set_threads, use_bf16
 from chargen.distributed import World, barrier, init_from_env
 from chargen.errors import CorpusError, UsageError
@@ -145,6 +145,7 @@ def start_training(
         train_config.seed,
         rank=world.rank,
         world=world.size,
+        starts=piece_starts(tokenizer, arrays.train),  # ABC: every tune from a fresh state
     )
     val = Stream.of_ids(tokenizer, arrays.val, limit=train_config.eval_tokens)
     warnings = []

@@ -140,6 +140,10 @@ class Tokenizer:
         pieces = self.pieces
         return "".join(pieces[i] for i in ids)
 
+    def id_of(self, piece: str) -> int | None:
+        """The id of ``piece``, or None where it is not in the vocabulary."""
+        return self._vocab.get(piece)
+
     def unknown_pieces(self, text: str) -> list[str]:
         """Pieces of ``text`` outside the vocabulary, in order of first appearance."""
         found = self.hf.pre_tokenizer.pre_tokenize_str(text)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from chargen.config import TrainConfig
-from chargen.data import Batches, Stream, bits_per_char, eval_layout
+from chargen.data import IGNORE, Batches, Stream, bits_per_char, eval_layout
 from chargen.device import autocast
 from chargen.distributed import (
     SINGLE,
@@ -30,7 +30,7 @@ from chargen.distributed import (
     sum_all,
 )
 from chargen.errors import TrainingDiverged
-from chargen.model import Hidden, RNNLanguageModel, detach_hidden
+from chargen.model import Hidden, RNNLanguageModel, detach_hidden, reset_rows
 
 
 @dataclass
@@ -80,7 +80,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for all_inputs, all_targets in eval_layout(stream.ids):
+    for all_inputs, all_targets in eval_layout(stream.ids, starts=stream.starts):
         inputs, targets = (
             all_inputs[world.rank :: world.size],
             all_targets[world.rank :: world.size],
@@ -94,9 +94,9 @@ def evaluate(
             with autocast(device, bf16):
                 logits, hidden = model(x, hidden)
             total += F.cross_entropy(
-                logits.float().flatten(0, 1), y.flatten(), reduction="sum"
+                logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=IGNORE
             ).item()
-            count += y.numel()
+            count += int((y != IGNORE).sum())
     model.train(was_training)
     total, count = sum_all([total, float(count)], world)
     count = int(count)
@@ -176,15 +176,19 @@ class Trainer:
             state.epoch += 1
             state.window = 0
             self.hidden = self.model.init_hidden(batches.batch_size)
-        x, y = batches.window(state.epoch, state.window)
+        x, y, reset = batches.window(state.epoch, state.window)
+        tokens = int((y != IGNORE).sum()) if reset is not None else y.numel()
+        if reset is not None and bool(reset.any()):
+            # A new piece (tune) starts here in these streams: from the state sampling starts at.
+            self.hidden = reset_rows(self.hidden, reset.to(self.device))
         x, y = x.to(self.device), y.to(self.device)  # (B, T), (B, T)
         lr = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(self.device, self.bf16):
             logits, hidden = self.model(x, self.hidden)
-        # Mean cross-entropy over every time step of every stream.
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        # Mean cross-entropy over every time step of every stream (padding excluded).
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.model.parameters(), self.world)
@@ -201,7 +205,7 @@ class Trainer:
         self.hidden = detach_hidden(hidden)
         state.step += 1
         state.window += 1
-        state.tokens_seen += x.numel() * self.world.size
+        state.tokens_seen += tokens * self.world.size
         state.loss = loss.item()
         return state.loss
 

@@ -28,8 +28,11 @@ from chargen.model import RNNLanguageModel, Stepper, select_hidden
 from chargen.sample import choose, prime_ids, seeded_generator, warm_up
 from chargen.tokenizer import Tokenizer
 
-TUNE_START = TUNE_END + "X:1\n"
-"""What every tune is primed with: the end of a previous tune, then the first header line."""
+FIRST_LINE = "X:1\n"
+TUNE_START = TUNE_END[-1] + FIRST_LINE
+"""What every tune is primed with, from a zero state: the blank line that ends a previous tune,
+then the first header line. Training on ABC starts every tune from a zero state at that same
+newline (``chargen.data.piece_starts``), so this is exactly how the model met each tune."""
 
 
 @dataclass
@@ -114,7 +117,7 @@ class _TuneWriter:
         elif self.ended:  # ended by starting the next tune: drop its "X:"
             text = text[: len(text) - len(self.line)]
         return Tune(
-            text=(TUNE_START[len(TUNE_END) :] + text).rstrip("\n"),
+            text=(FIRST_LINE + text).rstrip("\n"),
             ended=self.ended,
             tokens=len(self.pieces),
             mean_logprob=self.logprob / self.chosen if self.chosen else 0.0,

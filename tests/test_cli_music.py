@@ -118,7 +118,7 @@ def test_sample_from_an_abc_run_gives_complete_numbered_tunes(folk):
 
 def test_sample_midi_writes_the_tunes_and_one_midi_file_each(folk, tmp_path):
     out = tmp_path / "out"
-    result = run("sample", folk, "--num", "2", "--seed", "1", "--midi", out, "--json")
+    result = run("sample", folk, "--num", "4", "--seed", "1", "--midi", out, "--json")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     texts = split_tunes((out / "tunes.abc").read_text())
@@ -159,6 +159,7 @@ def test_valid_only_reports_validity(folk):
         (["--meter", "six-eight"], "cannot read the meter 'six-eight'"),
         (["--key", "H#"], "the model never saw"),
         (["--prime", "|:dAF"], "music in --prime needs a key first"),
+        (["--stop", "|]"], "--stop does not apply to tunes"),
     ],
 )
 def test_impossible_tune_requests_are_usage_errors(folk, args, message):

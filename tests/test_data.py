@@ -1,10 +1,22 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from chargen.data import Batches, Stream, eval_layout, read_text, split_text
+from chargen.data import (
+    IGNORE,
+    Batches,
+    Stream,
+    eval_layout,
+    padded_pieces,
+    piece_starts,
+    read_text,
+    split_text,
+)
 from chargen.errors import CorpusError
 from chargen.tokenizer import Tokenizer
+from tests.abc_fixtures import GOOD
 
 
 def test_non_utf8_corpus_error_says_where(tmp_path):
@@ -28,8 +40,9 @@ def test_validation_split_is_the_end_of_the_text():
 def test_consecutive_windows_continue_each_stream():
     ids = np.arange(1000)
     batches = Batches(ids, batch_size=4, seq_len=10, seed=0)
-    x0, y0 = batches.window(0, 0)
-    x1, _ = batches.window(0, 1)
+    x0, y0, reset = batches.window(0, 0)
+    x1, _, _ = batches.window(0, 1)
+    assert reset is None  # plain text is one piece: nothing to reset
     assert torch.equal(y0[:, :-1], x0[:, 1:])  # targets are the inputs one step later
     assert torch.equal(x1[:, 0], y0[:, -1])  # the next window starts where this one ended
 
@@ -61,3 +74,74 @@ def test_stream_counts_the_characters_its_predictions_cover():
     tokenizer = Tokenizer.train("hello world", "word")
     stream = Stream.of(tokenizer, "hello world")
     assert stream.chars == len(" world")
+
+
+TUNES = "\n\n".join(GOOD) + "\n"
+
+
+def test_abc_pieces_start_at_the_blank_line_before_each_tune():
+    tokenizer = Tokenizer.train(TUNES, "abc")
+    ids = tokenizer.encode(TUNES)
+    starts = piece_starts(tokenizer, ids)
+    ends = [*starts[1:], len(ids)]
+    pieces = [tokenizer.decode(ids[a:b]) for a, b in zip(starts, ends, strict=True)]
+    assert pieces[0] == GOOD[0] + "\n"
+    assert pieces[1:] == ["\n" + tune + "\n" for tune in GOOD[1:]]
+    assert piece_starts(Tokenizer.train(TUNES, "char"), ids) is None  # char level: one piece
+
+
+# Piece boundaries anywhere in a token stream, windows of any size.
+pieces_and_windows = st.integers(2, 300).flatmap(
+    lambda n: st.tuples(
+        st.just(n),
+        st.sets(st.integers(1, n - 1), max_size=30).map(lambda s: np.array([0, *sorted(s)])),
+        st.integers(1, 20),
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pieces_and_windows)
+def test_padded_pieces_keep_every_prediction_once_and_start_pieces_on_windows(case):
+    length, starts, window = case
+    ids = np.arange(length) * 7 % 1000
+    inputs, targets, resets = padded_pieces(ids, starts, window)
+    real = targets != IGNORE
+    pairs = sorted(zip(inputs[real].tolist(), targets[real].tolist(), strict=True))
+    assert pairs == sorted(zip(ids[:-1].tolist(), ids[1:].tolist(), strict=True))
+    # A flagged window begins with the first input of a piece, and each piece is flagged once.
+    flagged = np.flatnonzero(resets) * window
+    assert inputs[flagged].tolist() == ids[starts[starts < length - 1]].tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(pieces_and_windows)
+def test_eval_layout_of_pieces_scores_each_prediction_once_from_a_piece_start(case):
+    length, starts, _ = case
+    ids = np.arange(length)
+    blocks = eval_layout(ids, max_streams=4, starts=starts)
+    rows = [(x, y) for xs, ys in blocks for x, y in zip(xs, ys, strict=True)]
+    firsts = sorted(int(x[0]) for x, _ in rows)
+    assert firsts == [int(s) for s in starts if s < length - 1]
+    pairs = sorted(
+        (int(a), int(b)) for x, y in rows for a, b in zip(x, y, strict=True) if b != IGNORE
+    )
+    assert pairs == [(i, i + 1) for i in range(length - 1)]
+
+
+def test_batches_of_pieces_flag_the_windows_where_streams_start_a_tune():
+    tokenizer = Tokenizer.train(TUNES, "abc")
+    ids = tokenizer.encode("\n\n".join(GOOD * 4))
+    batches = Batches(ids, 2, 16, seed=0, starts=piece_starts(tokenizer, ids))
+    assert batches.shift(3) == 0  # windows stay aligned to pieces in every epoch
+    first_input = {tokenizer.id_of("\n"), tokenizer.id_of("X:")}
+    flagged = 0
+    for index in range(batches.windows_in_epoch(0)):
+        x, y, reset = batches.window(0, index)
+        assert reset is not None and reset.shape == (2,)
+        for row in np.flatnonzero(reset.numpy()):
+            assert int(x[row, 0]) in first_input
+            flagged += 1
+        # inside a window, padding only follows real targets
+        assert not ((y[:, 1:] != IGNORE) & (y[:, :-1] == IGNORE)).any()
+    assert flagged >= len(GOOD) * 4 - 2  # every tune but those cut off at stream starts

@@ -5,11 +5,12 @@ import torch
 
 from chargen import checkpoint
 from chargen.config import CELLS, LEVELS
-from chargen.data import Batches, Stream, split_text
+from chargen.data import Batches, Stream, piece_starts, split_text
 from chargen.errors import TrainingDiverged
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
-from chargen.train import Trainer
+from chargen.train import Trainer, evaluate
+from tests.abc_fixtures import GOOD
 from tests.conftest import VERSE, tiny_model, tiny_train
 
 
@@ -23,7 +24,9 @@ def make_trainer(text, level="char", cell="lstm", dropout=0.0, **train_changes):
         if dropout
         else tiny_model(cell, vocab_size=tokenizer.vocab_size)
     )
-    batches = Batches(tokenizer.encode(train_text), config.batch_size, config.seq_len, config.seed)
+    ids = tokenizer.encode(train_text)
+    starts = piece_starts(tokenizer, ids)  # as chargen.session does: ABC tunes are pieces
+    batches = Batches(ids, config.batch_size, config.seq_len, config.seed, starts=starts)
     val = Stream.of(tokenizer, val_text)
     return Trainer(model, batches, val, config, torch.device("cpu"))
 
@@ -38,6 +41,46 @@ def test_every_cell_and_level_overfits_a_tiny_corpus(cell, level):
     assert first > 2.0
     assert state.loss < 0.5, f"{cell}/{level} training loss stayed at {state.loss:.3f}"
     assert state.best_val_loss < 0.5
+
+
+TUNES = "\n\n".join(GOOD * 6) + "\n"
+
+
+def test_abc_training_starts_every_tune_from_a_zero_state():
+    trainer = make_trainer(TUNES, "abc", max_steps=None)
+    seen = []
+    forward = trainer.model.forward
+
+    def spy(ids, hidden=None):
+        seen.append(hidden[0].clone())
+        return forward(ids, hidden)
+
+    trainer.model.forward = spy
+    steps = trainer.batches.windows_in_epoch(0)
+    for _ in range(steps):
+        trainer.train_step()
+    resets = [trainer.batches.window(0, k).reset for k in range(steps)]
+    assert sum(int(r.sum()) for r in resets) >= 10
+    for h, reset in zip(seen[1:], resets[1:], strict=True):
+        per_stream = h.abs().sum(dim=(0, 2))  # (B,)
+        assert torch.all(per_stream[reset] == 0)  # a tune starts: fresh state
+        assert torch.all(per_stream[~reset] > 0)  # inside a tune: the state carries on
+
+
+def test_abc_validation_scores_each_tune_from_a_fresh_state():
+    trainer = make_trainer(TUNES, "abc", max_steps=20, val_frac=0.3)
+    trainer.run()
+    tokenizer_ids = trainer.val.ids
+    starts = [*trainer.val.starts, len(tokenizer_ids) - 1]
+    whole = evaluate(trainer.model, trainer.val, torch.device("cpu"))
+    nats = tokens = 0
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        alone = Stream(ids=tokenizer_ids[a : b + 1], chars=0, starts=None)
+        result = evaluate(trainer.model, alone, torch.device("cpu"))
+        nats += result.nats_per_token * result.tokens
+        tokens += result.tokens
+    assert len(starts) >= 3 and whole.tokens == tokens == len(tokenizer_ids) - 1
+    assert whole.nats_per_token == pytest.approx(nats / tokens, rel=1e-5)
 
 
 def test_learning_rate_warms_up_then_decays_to_its_floor():
