@@ -10,7 +10,8 @@ Steps, all through the ``chargen`` command line except the figures' arithmetic:
 1. ``chargen corpus folk`` builds corpora/folk.abc from music21's collections (kept if present;
    ``--rebuild`` builds it again);
 2. ``chargen train corpora/folk.abc --level abc --time T`` (the target allows 15 minutes);
-3. ``chargen sample RUN --num N --json`` samples N complete tunes (cap: the default 1200 tokens);
+3. ``chargen sample RUN --num N --seed S --json`` samples N complete tunes for each seed (cap: the
+   default 1200 tokens; temperature: the tunes' default 0.5 unless ``--temperature``);
 4. ``chargen abc check`` of the tunes with ``--corpus`` for novelty and exact copies, and of a
    random sample of corpus tunes: the ceiling (the corpus after cleaning), and the same for the
    raw collections with irregular tunes kept (what cleaning removed).
@@ -70,12 +71,50 @@ def corpus_pass_rate(corpus: Path, sample: int, seed: int, work: Path, env: dict
     return summary
 
 
+def sample_and_check(tunes: int, seed: int, temperature: str | None, work: Path, env: dict) -> dict:
+    """``tunes`` tunes from the benchmark's run with ``seed``, checked against the corpus."""
+    given = ["--temperature", temperature] if temperature else []
+    started = time.perf_counter()
+    sampled = chargen(
+        "sample", "folk", "--num", str(tunes), "--seed", str(seed), *given, "--json", env=env
+    )
+    records = json_lines(sampled.stdout)
+    seconds = time.perf_counter() - started
+    generated = work / f"tunes-{seed}.abc"
+    generated.write_text("\n\n".join(r["text"] for r in records) + "\n", encoding="utf-8")
+    (RESULTS / f"music-tunes-{seed}.abc").write_text(generated.read_text(encoding="utf-8"))
+    checks, summary = check_file(generated, env, corpus=CORPUS)
+    novelty = [c["novelty"] for c in checks]
+    ended = sum(r["ended"] for r in records)
+    return {
+        "seed": seed,
+        "temperature": float(temperature) if temperature else "default",
+        "tunes": len(records),
+        "sample_seconds": round(seconds, 1),
+        "valid": summary["valid"],
+        "valid_fraction": summary["valid_fraction"],
+        "ended_on_own": ended,
+        "ended_fraction": ended / len(records),
+        "exact_copies": summary["exact_copies"],
+        "median_bars": sorted(c["bars"] or 0 for c in checks)[len(checks) // 2],
+        "mean_longest_copy_share": sum(
+            n["longest_copy"] / max(n["music_chars"], 1) for n in novelty
+        )
+        / len(novelty),
+        "max_longest_copy": max(n["longest_copy"] for n in novelty),
+        "mean_copied_8grams": sum(n["copied_ngrams"] for n in novelty) / len(novelty),
+        "problems": [p for c in checks for p in c["problems"]][:40],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-time", default="14m", help="chargen train --time (default 14m)")
     parser.add_argument("--tunes", type=int, default=100, help="tunes to sample (default 100)")
     parser.add_argument("--corpus-sample", type=int, default=1000, help="corpus tunes to check")
-    parser.add_argument("--seed", type=int, default=1, help="sampling seed")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="sampling seeds, 100 tunes each"
+    )
     parser.add_argument("--rebuild", action="store_true", help="build corpora/folk.abc again")
     parser.add_argument(
         "--train-args",
@@ -83,7 +122,9 @@ def main() -> None:
         help="more chargen train options (default: --lr 6e-3 --warmup 20, the best "
         "per CPU-minute in short runs on this machine)",
     )
-    parser.add_argument("--temperature", default="0.8", help="chargen sample --temperature")
+    parser.add_argument(
+        "--temperature", help="chargen sample --temperature (default: the tunes' own, 0.5)"
+    )
     parser.add_argument(
         "--skip-train", action="store_true", help="sample from the run the last benchmark trained"
     )
@@ -132,57 +173,29 @@ def main() -> None:
             summary_file.write_text(json.dumps(trained, indent=2) + "\n")
         figures["train"] = json.loads(summary_file.read_text())
 
-        started = time.perf_counter()
-        sampled = chargen(
-            "sample",
-            "folk",
-            "--num",
-            str(args.tunes),
-            "--seed",
-            str(args.seed),
-            "--temperature",
-            args.temperature,
-            "--json",
-            env=env,
-        )
-        tunes = json_lines(sampled.stdout)
-        sample_seconds = time.perf_counter() - started
-        generated = work / "tunes.abc"
-        generated.write_text("\n\n".join(t["text"] for t in tunes) + "\n", encoding="utf-8")
-        (RESULTS / "music-tunes.abc").write_text(generated.read_text(encoding="utf-8"))
-        checks, summary = check_file(generated, env, corpus=CORPUS)
-        novelty = [c["novelty"] for c in checks]
-        figures["generated"] = {
-            "temperature": float(args.temperature),
-            "tunes": len(tunes),
-            "sample_seconds": round(sample_seconds, 1),
-            "valid": summary["valid"],
-            "valid_fraction": summary["valid_fraction"],
-            "ended_on_own": sum(t["ended"] for t in tunes),
-            "ended_fraction": sum(t["ended"] for t in tunes) / len(tunes),
-            "exact_copies": summary["exact_copies"],
-            "mean_longest_copy_share": sum(
-                n["longest_copy"] / max(n["music_chars"], 1) for n in novelty
-            )
-            / len(novelty),
-            "max_longest_copy": max(n["longest_copy"] for n in novelty),
-            "mean_copied_8grams": sum(n["copied_ngrams"] for n in novelty) / len(novelty),
-            "problems": [p for c in checks for p in c["problems"]][:40],
-        }
+        figures["generated"] = [
+            sample_and_check(args.tunes, seed, args.temperature, work, env) for seed in args.seeds
+        ]
         figures["corpus_ceiling"] = corpus_pass_rate(
-            CORPUS, args.corpus_sample, args.seed, work, env
+            CORPUS, args.corpus_sample, args.seeds[0], work, env
         )
-        figures["raw_ceiling"] = corpus_pass_rate(raw, args.corpus_sample, args.seed, work, env)
+        figures["raw_ceiling"] = corpus_pass_rate(raw, args.corpus_sample, args.seeds[0], work, env)
 
     (RESULTS / "music-latest.json").write_text(json.dumps(figures, indent=2) + "\n")
-    g, t = figures["generated"], figures["train"]
-    rows = [
-        ("training", f"{t['seconds']:.0f} s, {t['steps']} steps, val {t['best_val_loss']:.3f}"),
-        ("valid tunes", f"{g['valid']}/{g['tunes']} ({g['valid_fraction']:.1%})"),
-        ("ended on their own", f"{g['ended_on_own']}/{g['tunes']} ({g['ended_fraction']:.1%})"),
-        ("exact copies", str(g["exact_copies"])),
-        ("longest copied stretch", f"mean {g['mean_longest_copy_share']:.1%} of a tune"),
-        ("8-grams found in corpus", f"mean {g['mean_copied_8grams']:.1%}"),
+    t = figures["train"]
+    rows = [("training", f"{t['seconds']:.0f} s, {t['steps']} steps, val {t['best_val_loss']:.3f}")]
+    for g in figures["generated"]:
+        rows += [
+            (
+                f"seed {g['seed']}: valid tunes",
+                f"{g['valid']}/{g['tunes']} ({g['valid_fraction']:.1%})",
+            ),
+            ("  ended on their own", f"{g['ended_on_own']}/{g['tunes']}"),
+            ("  exact copies", str(g["exact_copies"])),
+            ("  longest copied stretch", f"mean {g['mean_longest_copy_share']:.1%} of a tune"),
+            ("  8-grams found in corpus", f"mean {g['mean_copied_8grams']:.1%}"),
+        ]
+    rows += [
         ("corpus pass rate (ceiling)", f"{figures['corpus_ceiling']['valid_fraction']:.1%}"),
         ("raw collections pass rate", f"{figures['raw_ceiling']['valid_fraction']:.1%}"),
     ]

@@ -494,7 +494,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
     type=click.FloatRange(0),
     default=SampleConfig.temperature,
     show_default=True,
-    help="0 is greedy; higher is more adventurous.",
+    help="0 is greedy; higher is more adventurous. Tunes (ABC runs) default to 0.5.",
 )
 @click.option("--top-k", type=click.IntRange(1), help="Draw only from the k likeliest tokens.")
 @click.option(
@@ -508,7 +508,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
     type=click.IntRange(1),
     default=SampleConfig.length,
     show_default=True,
-    help="Tokens to generate per sample.",
+    help="Tokens to generate per sample (tunes: a cap per tune, default 1200).",
 )
 @click.option(
     "--num",
@@ -639,6 +639,9 @@ def sample(
                 config,
                 torch_device,
                 cap_given=ctx.get_parameter_source("length") == ParameterSource.COMMANDLINE,
+                temperature_given=(
+                    ctx.get_parameter_source("temperature") == ParameterSource.COMMANDLINE
+                ),
                 output=output,
                 as_json=as_json,
                 midi=midi,

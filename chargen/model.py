@@ -136,10 +136,24 @@ class Stepper:
                 self.token_gates += self.b_hh[0]
             self.w_out = model.head.weight.t().contiguous()  # (H, V)
             self.b_out = model.head.bias.clone()
+            if self.cell == "lstm":
+                # torch's gate order is (input, forget, cell, output); as (input, forget,
+                # output, cell) one sigmoid covers the first three and one tanh the last.
+                order = self._sigmoid_gates_first(self.hidden_size)
+                self.w_hh = [w[:, order] for w in self.w_hh]
+                self.w_ih = [w[:, order] for w in self.w_ih]
+                self.b_hh = [b[order] for b in self.b_hh]
+                self.b_ih = [b[order] for b in self.b_ih]
+                self.token_gates = self.token_gates[:, order]
             if bf16:
                 self.w_hh = [w.bfloat16() for w in self.w_hh]
                 self.w_ih = [w.bfloat16() for w in self.w_ih]
                 self.w_out = self.w_out.bfloat16()
+
+    @staticmethod
+    def _sigmoid_gates_first(hidden: int) -> torch.Tensor:
+        i, f, g, o = torch.arange(4 * hidden).chunk(4)
+        return torch.cat([i, f, o, g])
 
     def _matmul_add(self, added: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
         """``added + x @ weight`` in float32, the product in bf16 when asked."""
@@ -165,10 +179,11 @@ class Stepper:
                 if self.cell != "gru":
                     gates_x = gates_x + self.b_hh[k]
             if self.cell == "lstm":
-                gates = self._matmul_add(gates_x, h, self.w_hh[k])  # (N, 4H)
-                i, f, g, o = gates.chunk(4, dim=1)
-                c = torch.sigmoid(f) * c_all[k] + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
+                gates = self._matmul_add(gates_x, h, self.w_hh[k])  # (N, 4H): i, f, o, g
+                i, f, o = torch.sigmoid(gates[:, : 3 * self.hidden_size]).chunk(3, dim=1)
+                g = torch.tanh(gates[:, 3 * self.hidden_size :])
+                c = torch.addcmul(f * c_all[k], i, g)
+                h = o * torch.tanh(c)
                 new_c.append(c)
             elif self.cell == "gru":
                 gates_h = self._matmul_add(self.b_hh[k], h, self.w_hh[k])  # (N, 3H)

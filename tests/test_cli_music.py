@@ -116,6 +116,14 @@ def test_sample_from_an_abc_run_gives_complete_numbered_tunes(folk):
     assert "3 tunes: 3 ended on their own before the cap of 1200 tokens" in result.stderr
 
 
+def test_tunes_default_to_their_own_lower_temperature(folk):
+    default = run("sample", folk, "--num", "3", "--seed", "4")
+    low = run("sample", folk, "--num", "3", "--seed", "4", "--temperature", "0.5")
+    text = run("sample", folk, "--num", "3", "--seed", "4", "--temperature", "0.8")
+    assert default.exit_code == low.exit_code == text.exit_code == 0
+    assert default.stdout == low.stdout != text.stdout
+
+
 def test_sample_midi_writes_the_tunes_and_one_midi_file_each(folk, tmp_path):
     out = tmp_path / "out"
     result = run("sample", folk, "--num", "4", "--seed", "1", "--midi", out, "--json")
