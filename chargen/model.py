@@ -102,6 +102,36 @@ def select_hidden(hidden: Hidden, index: torch.Tensor) -> Hidden:
     return hidden[:, index]
 
 
+class Bf16Product:
+    """``x @ weight`` in bfloat16 for a fixed ``weight`` (K, N).
+
+    On a CPU the weight is laid out once in oneDNN's own blocked format, which makes each
+    product about 15% faster for 64 streams than ``x.bfloat16() @ weight``. That layout comes
+    from torch's private mkldnn operators; where they are missing or refuse (another device,
+    another torch), the plain product is used.
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight.bfloat16()
+        self.packed = None
+        if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.t().contiguous(), None)
+                probe = torch.ones(1, weight.shape[0], dtype=torch.bfloat16)
+                if torch.equal(self._packed_product(probe, packed), probe @ self.weight):
+                    self.packed = packed
+            except (AttributeError, RuntimeError):
+                pass
+
+    @staticmethod
+    def _packed_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [None], "")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.bfloat16()
+        return x @ self.weight if self.packed is None else self._packed_product(x, self.packed)
+
+
 class Stepper:
     """One-token steps of a trained model, for sampling.
 
@@ -137,28 +167,23 @@ class Stepper:
             self.w_out = model.head.weight.t().contiguous()  # (H, V)
             self.b_out = model.head.bias.clone()
             if self.cell == "lstm":
-                # torch's gate order is (input, forget, cell, output); as (input, forget,
-                # output, cell) one sigmoid covers the first three and one tanh the last.
-                order = self._sigmoid_gates_first(self.hidden_size)
-                self.w_hh = [w[:, order] for w in self.w_hh]
-                self.w_ih = [w[:, order] for w in self.w_ih]
-                self.b_hh = [b[order] for b in self.b_hh]
-                self.b_ih = [b[order] for b in self.b_ih]
-                self.token_gates = self.token_gates[:, order]
+                # One sigmoid for all four gates: tanh(x) = 2 sigmoid(2x) - 1, so the cell
+                # gate's weights and biases are doubled here and its sigmoid mapped back in the
+                # step. On a CPU, torch's tanh costs several times its sigmoid per element.
+                g = slice(2 * self.hidden_size, 3 * self.hidden_size)  # order: i, f, g, o
+                for tensor in [*self.w_hh, *self.w_ih, self.token_gates]:
+                    tensor[:, g] *= 2
+                for tensor in [*self.b_hh, *self.b_ih]:
+                    tensor[g] *= 2
             if bf16:
-                self.w_hh = [w.bfloat16() for w in self.w_hh]
-                self.w_ih = [w.bfloat16() for w in self.w_ih]
-                self.w_out = self.w_out.bfloat16()
+                self.w_hh = [Bf16Product(w) for w in self.w_hh]
+                self.w_ih = [Bf16Product(w) for w in self.w_ih]
+                self.w_out = Bf16Product(self.w_out)
 
-    @staticmethod
-    def _sigmoid_gates_first(hidden: int) -> torch.Tensor:
-        i, f, g, o = torch.arange(4 * hidden).chunk(4)
-        return torch.cat([i, f, o, g])
-
-    def _matmul_add(self, added: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
+    def _matmul_add(self, added: torch.Tensor, x: torch.Tensor, weight):
         """``added + x @ weight`` in float32, the product in bf16 when asked."""
         if self.bf16:
-            return added + (x.bfloat16() @ weight).float()
+            return torch.add(added, weight(x))  # float32: one kernel converts and adds
         return torch.addmm(added, x, weight)
 
     def __call__(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
@@ -173,17 +198,16 @@ class Stepper:
         for k in range(self.num_layers):
             h = h_all[k]  # (N, H)
             if k == 0:
-                gates_x = self.token_gates[ids]  # (N, G)
+                gates_x = self.token_gates.index_select(0, ids)  # (N, G)
             else:
                 gates_x = self._matmul_add(self.b_ih[k], x, self.w_ih[k])
                 if self.cell != "gru":
                     gates_x = gates_x + self.b_hh[k]
             if self.cell == "lstm":
-                gates = self._matmul_add(gates_x, h, self.w_hh[k])  # (N, 4H): i, f, o, g
-                i, f, o = torch.sigmoid(gates[:, : 3 * self.hidden_size]).chunk(3, dim=1)
-                g = torch.tanh(gates[:, 3 * self.hidden_size :])
-                c = torch.addcmul(f * c_all[k], i, g)
-                h = o * torch.tanh(c)
+                gates = self._matmul_add(gates_x, h, self.w_hh[k])  # (N, 4H), g doubled
+                i, f, g_half, o = torch.sigmoid(gates).chunk(4, dim=1)  # g = 2 g_half - 1
+                c = torch.addcmul(f * c_all[k] - i, i, g_half, value=2.0)  # f c + i g
+                h = torch.addcmul(-o, o, torch.sigmoid(2.0 * c), value=2.0)  # o tanh(c)
                 new_c.append(c)
             elif self.cell == "gru":
                 gates_h = self._matmul_add(self.b_hh[k], h, self.w_hh[k])  # (N, 3H)
@@ -199,5 +223,10 @@ class Stepper:
             x = h
         logits = self._matmul_add(self.b_out, x, self.w_out)  # (N, V)
         if self.cell == "lstm":
-            return logits, (torch.stack(new_h), torch.stack(new_c))
-        return logits, torch.stack(new_h)
+            return logits, (_layers(new_h), _layers(new_c))
+        return logits, _layers(new_h)
+
+
+def _layers(states: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer states (N, H) as one (layers, N, H) tensor; one layer needs no copy."""
+    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -65,6 +67,19 @@ def test_unk_is_never_sampled(model_and_tokenizer):
         model.head.bias[0] = 100.0  # make <unk> overwhelmingly likely
     samples = sample(model, tokenizer, SampleConfig(length=50, temperature=1.0, seed=0))
     assert "<unk>" not in samples[0].text
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_draws_follow_the_tempered_distribution(temperature):
+    logits = torch.tensor([-math.inf, 2.0, 1.0, 0.0, -1.0, -math.inf, 0.5])
+    rows = 40_000
+    generator = torch.Generator().manual_seed(1)
+    draws = choose(logits.expand(rows, -1), temperature, None, None, generator)
+    frequencies = torch.bincount(draws, minlength=len(logits)).double() / rows
+    expected = torch.softmax(logits.double() / temperature, dim=-1)
+    assert frequencies[0] == frequencies[5] == 0  # probability zero is never drawn
+    standard_error = (expected * (1 - expected) / rows).sqrt()
+    assert torch.all((frequencies - expected).abs() <= 4 * standard_error)
 
 
 def test_top_k_keeps_only_the_k_likeliest():
