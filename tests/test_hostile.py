@@ -14,7 +14,7 @@ from tests.cli_helpers import TINY, run, train
     [
         ("nul.txt", b"a\x00b\x00c\x00 line\n" * 60),
         ("crlf.txt", b"one line\r\ntwo lines\r\n" * 60),
-        ("bom.txt", b"\xef\xbb\xbfwith a byte order mark\n" * 60),
+        ("bom.txt", b"\xef\xbb\xbf" + b"with a byte order mark\n" * 60),
         ("same.txt", b"a" * 2000),
         ("long-line.txt", b"no newline at all, just one very long line " * 200),
         ("controls.txt", b"bell\x07 tab\t vertical\x0b form\x0c escape\x1b[0m\n" * 60),
