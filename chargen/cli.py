@@ -333,7 +333,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
       torchrun --standalone --nproc-per-node 2 -m chargen train big.txt --batch-size 64
     """
     from chargen.console import ReadingProgress, console, fmt, training_progress
-    from chargen.distributed import barrier, shutdown
+    from chargen.distributed import barrier, finish, shutdown
     from chargen.session import default_run_name, save_checkpoint, start_training
 
     if resume and force:
@@ -449,6 +449,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
         signal.signal(signal.SIGTERM, previous_term)
         shutdown(session.world)
     if not main:
+        finish(session.world)
         return
 
     seconds = time.perf_counter() - started
@@ -480,6 +481,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
                 "seconds": seconds,
             }
         )
+    finish(session.world)
 
 
 # ---------------------------------------------------------------------------------- sample
