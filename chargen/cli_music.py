@@ -236,7 +236,7 @@ def sample_tunes(
 
     if (wav or svg) and midi is None:
         raise CliError("--wav and --svg write next to the MIDI files: give --midi DIR", 2)
-    if config.stop:
+    if config.stop is not None:
         raise CliError(
             "--stop does not apply to tunes: each tune ends at its own blank line; "
             "cap a tune's length with --length",

@@ -169,6 +169,7 @@ class Window(NamedTuple):
     inputs: torch.Tensor  # (B, T)
     targets: torch.Tensor  # (B, T), IGNORE where padded
     reset: torch.Tensor | None  # (B,) bool: the stream starts a piece here; None without pieces
+    scored: int  # targets that count (not IGNORE) in this window of every process's streams
 
 
 class Batches:
@@ -203,6 +204,8 @@ class Batches:
         self.seq_len = seq_len
         self.seed = seed
         self.resets: np.ndarray | None = None  # (B, windows) with pieces
+        self.scored: np.ndarray | None = None  # (windows,) with pieces; else every target counts
+        self.world = world
         if starts is None:
             # A small corpus gets fewer streams rather than an error: each stream needs a window.
             self.batch_size = min(batch_size, (len(ids) - 1) // seq_len)
@@ -220,6 +223,9 @@ class Batches:
             self.inputs = inputs[:used].reshape(self.batch_size, -1)
             self.targets = targets[:used].reshape(self.batch_size, -1)
             self.resets = resets[: self.batch_size * windows].reshape(self.batch_size, -1)
+            # per window, over all processes: a data-parallel loss divides by this
+            real = self.targets.reshape(self.batch_size, windows, seq_len) != IGNORE
+            self.scored = real.sum(axis=(0, 2))
         if world > 1:
             # Data parallel: each process trains a contiguous block of the streams.
             if self.batch_size % world:
@@ -251,8 +257,10 @@ class Batches:
         stop = start + self.seq_len
         x = torch.from_numpy(self.inputs[:, start:stop].astype(np.int64))  # (B, T)
         y = torch.from_numpy(self.targets[:, start:stop].astype(np.int64))  # (B, T)
-        reset = None if self.resets is None else torch.from_numpy(self.resets[:, index].copy())
-        return Window(x, y, reset)
+        if self.resets is None:
+            return Window(x, y, None, y.numel() * self.world)
+        reset = torch.from_numpy(self.resets[:, index].copy())
+        return Window(x, y, reset, int(self.scored[index]))
 
 
 def eval_layout(

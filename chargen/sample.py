@@ -31,6 +31,8 @@ def choose(
     """One token per row of ``logits`` (N, V): greedy at temperature 0, else a filtered draw."""
     if temperature == 0:
         return logits.argmax(dim=-1)
+    if temperature < 1e-3:  # keep logits / temperature finite: the largest becomes 0
+        logits = logits - logits.amax(dim=-1, keepdim=True)
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (N, 1)
@@ -46,7 +48,8 @@ def choose(
     # It needs one random number per row where the Gumbel trick needs one per token (on a CPU,
     # drawing 64 x 65 exponentials took longer than the rest of choosing), and it is cheaper
     # than torch.multinomial. right=True never lands on a token of probability zero.
-    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1, dtype=torch.float64)  # (N, V)
+    wide = torch.float32 if logits.device.type == "mps" else torch.float64  # MPS has no float64
+    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1, dtype=wide)  # (N, V)
     u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
     chosen = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return chosen.clamp_(max=logits.shape[-1] - 1).squeeze(-1)

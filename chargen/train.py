@@ -176,8 +176,7 @@ class Trainer:
             state.epoch += 1
             state.window = 0
             self.hidden = self.model.init_hidden(batches.batch_size)
-        x, y, reset = batches.window(state.epoch, state.window)
-        tokens = int((y != IGNORE).sum()) if reset is not None else y.numel()
+        x, y, reset, scored = batches.window(state.epoch, state.window)
         if reset is not None and bool(reset.any()):
             # A new piece (tune) starts here in these streams: from the state sampling starts at.
             self.hidden = reset_rows(self.hidden, reset.to(self.device))
@@ -187,8 +186,12 @@ class Trainer:
             group["lr"] = lr
         with autocast(self.device, self.bf16):
             logits, hidden = self.model(x, self.hidden)
-        # Mean cross-entropy over every time step of every stream (padding excluded).
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+        # Mean cross-entropy over every scored time step of every stream of every process: with
+        # gradients averaged over processes, N processes take the same step as one.
+        total = F.cross_entropy(
+            logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        loss = total * (self.world.size / scored)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.model.parameters(), self.world)
@@ -205,7 +208,7 @@ class Trainer:
         self.hidden = detach_hidden(hidden)
         state.step += 1
         state.window += 1
-        state.tokens_seen += tokens * self.world.size
+        state.tokens_seen += scored
         state.loss = loss.item()
         return state.loss
 

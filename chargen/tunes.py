@@ -31,8 +31,9 @@ from chargen.tokenizer import Tokenizer
 FIRST_LINE = "X:1\n"
 TUNE_START = TUNE_END[-1] + FIRST_LINE
 """What every tune is primed with, from a zero state: the blank line that ends a previous tune,
-then the first header line. Training on ABC starts every tune from a zero state at that same
-newline (``chargen.data.piece_starts``), so this is exactly how the model met each tune."""
+then the first header line. Training at the abc level starts every tune from a zero state at
+that same newline (``chargen.data.piece_starts``), followed by its X: line, so the model meets
+each tune as it is sampled."""
 
 
 @dataclass

@@ -40,8 +40,8 @@ def test_validation_split_is_the_end_of_the_text():
 def test_consecutive_windows_continue_each_stream():
     ids = np.arange(1000)
     batches = Batches(ids, batch_size=4, seq_len=10, seed=0)
-    x0, y0, reset = batches.window(0, 0)
-    x1, _, _ = batches.window(0, 1)
+    x0, y0, reset, _ = batches.window(0, 0)
+    x1 = batches.window(0, 1).inputs
     assert reset is None  # plain text is one piece: nothing to reset
     assert torch.equal(y0[:, :-1], x0[:, 1:])  # targets are the inputs one step later
     assert torch.equal(x1[:, 0], y0[:, -1])  # the next window starts where this one ended
@@ -137,7 +137,7 @@ def test_batches_of_pieces_flag_the_windows_where_streams_start_a_tune():
     first_input = {tokenizer.id_of("\n"), tokenizer.id_of("X:")}
     flagged = 0
     for index in range(batches.windows_in_epoch(0)):
-        x, y, reset = batches.window(0, index)
+        x, y, reset, _ = batches.window(0, index)
         assert reset is not None and reset.shape == (2,)
         for row in np.flatnonzero(reset.numpy()):
             assert int(x[row, 0]) in first_input
@@ -145,3 +145,18 @@ def test_batches_of_pieces_flag_the_windows_where_streams_start_a_tune():
         # inside a window, padding only follows real targets
         assert not ((y[:, 1:] != IGNORE) & (y[:, :-1] == IGNORE)).any()
     assert flagged >= len(GOOD) * 4 - 2  # every tune but those cut off at stream starts
+
+
+def test_sharded_batches_of_pieces_agree_on_the_scored_targets_of_every_window():
+    tokenizer = Tokenizer.train(TUNES, "abc")
+    ids = tokenizer.encode("\n\n".join(GOOD * 4))
+    starts = piece_starts(tokenizer, ids)
+    whole = Batches(ids, 4, 16, seed=0, starts=starts)
+    shards = [Batches(ids, 4, 16, seed=0, rank=r, world=2, starts=starts) for r in (0, 1)]
+    for index in range(whole.windows_in_epoch(0)):
+        window = whole.window(0, index)
+        parts = [shard.window(0, index) for shard in shards]
+        real = sum(int((part.targets != IGNORE).sum()) for part in parts)
+        assert window.scored == parts[0].scored == parts[1].scored == real
+    plain = Batches(ids, 4, 16, seed=0, rank=1, world=2)
+    assert plain.window(0, 0).scored == 4 * 16  # without pieces every target of both processes

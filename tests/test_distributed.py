@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from chargen import checkpoint
+from tests.abc_fixtures import GOOD, corpus_of
 
 ARGS = [
     "--hidden",
@@ -68,6 +69,18 @@ def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_pat
     saved = checkpoint.open_run(root / "two")
     assert saved.info["state"]["step"] == 30
     checkpoint.load_model(saved, "best")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo under torchrun")
+def test_two_processes_train_tunes_like_one_though_their_padding_differs(tmp_path):
+    corpus = tmp_path / "tunes.abc"
+    corpus.write_text(corpus_of(GOOD, 60), encoding="utf-8")
+    root = tmp_path / "checkpoints"
+    one = train(corpus, root, "one", "--level", "abc", "--max-steps", "20")
+    two = train(corpus, root, "two", "--level", "abc", "--max-steps", "20", processes=2)
+    # The loss is divided by the scored targets of both processes, not each one's own.
+    assert two["tokens_seen"] == one["tokens_seen"] < 20 * 4 * 16  # padding is not counted
+    assert two["best_val_loss"] == pytest.approx(one["best_val_loss"], abs=1e-5)
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(corpus, tmp_path):

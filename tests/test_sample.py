@@ -82,6 +82,13 @@ def test_draws_follow_the_tempered_distribution(temperature):
     assert torch.all((frequencies - expected).abs() <= 4 * standard_error)
 
 
+@pytest.mark.parametrize("temperature", [1e-38, 1e-6])
+def test_a_tiny_temperature_picks_the_likeliest_allowed_token(temperature):
+    logits = torch.tensor([[-math.inf, 1.0, 5.0, 2.0], [3.0, 1e30, -1e30, 0.0]])
+    generator = torch.Generator().manual_seed(0)
+    assert choose(logits, temperature, None, None, generator).tolist() == [2, 1]
+
+
 def test_top_k_keeps_only_the_k_likeliest():
     logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, -1.0]])
     generator = torch.Generator().manual_seed(0)
