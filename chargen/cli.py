@@ -261,6 +261,21 @@ _MODEL_FIELDS = {"layers": "num_layers", "hidden": "hidden_size", "embedding": "
     help="Warm-up steps.",
 )
 @click.option(
+    "--reset-every",
+    type=click.IntRange(0),
+    default=_D.reset_every,
+    show_default=True,
+    help="Restart each stream from a zero state every N windows, staggered, so the model "
+    "learns to begin anywhere (0: never; ABC tunes always start from zero).",
+)
+@click.option(
+    "--min-lr-frac",
+    type=click.FloatRange(0, 1),
+    default=_D.min_lr_frac,
+    show_default=True,
+    help="Where the cosine decay ends, as a fraction of the peak learning rate.",
+)
+@click.option(
     "--clip",
     type=click.FloatRange(0, min_open=True),
     default=_D.clip,

@@ -183,7 +183,10 @@ class Batches:
 
     With ``starts`` (where separate pieces begin), the streams are cut from the pieces padded to
     whole windows (``padded_pieces``) instead, with no shift, and each window says which streams
-    start a piece in it.
+    start a piece in it. Without, ``reset_every`` makes each stream restart from a zero state
+    once every that many windows, the streams at staggered windows: a model that only ever
+    carried its state on could meet a zero state (a new sample, a validation stream) at a place
+    it never learned to start from, and there its cell state sometimes ran away.
     """
 
     def __init__(
@@ -195,6 +198,7 @@ class Batches:
         rank: int = 0,
         world: int = 1,
         starts: np.ndarray | None = None,
+        reset_every: int = 0,
     ):
         if len(ids) < seq_len + 1:
             raise CorpusError(
@@ -226,6 +230,10 @@ class Batches:
             # per window, over all processes: a data-parallel loss divides by this
             real = self.targets.reshape(self.batch_size, windows, seq_len) != IGNORE
             self.scored = real.sum(axis=(0, 2))
+        # Without pieces, stream b restarts from a zero state at windows k with
+        # (k + phase[b]) % reset_every == 0, the phases spread over the streams.
+        self.reset_every = reset_every if starts is None else 0
+        self.phase = np.arange(self.batch_size) * max(self.reset_every, 1) // self.batch_size
         if world > 1:
             # Data parallel: each process trains a contiguous block of the streams.
             if self.batch_size % world:
@@ -234,6 +242,7 @@ class Batches:
                 )
             rows = slice(rank * self.batch_size // world, (rank + 1) * self.batch_size // world)
             self.inputs, self.targets = self.inputs[rows], self.targets[rows]
+            self.phase = self.phase[rows]
             if self.resets is not None:
                 self.resets = self.resets[rows]
             self.batch_size //= world
@@ -258,7 +267,10 @@ class Batches:
         x = torch.from_numpy(self.inputs[:, start:stop].astype(np.int64))  # (B, T)
         y = torch.from_numpy(self.targets[:, start:stop].astype(np.int64))  # (B, T)
         if self.resets is None:
-            return Window(x, y, None, y.numel() * self.world)
+            reset = None
+            if self.reset_every:
+                reset = torch.from_numpy((index + self.phase) % self.reset_every == 0)
+            return Window(x, y, reset, y.numel() * self.world)
         reset = torch.from_numpy(self.resets[:, index].copy())
         return Window(x, y, reset, int(self.scored[index]))
 

@@ -146,6 +146,7 @@ def start_training(
         rank=world.rank,
         world=world.size,
         starts=piece_starts(tokenizer, arrays.train),  # ABC: every tune from a fresh state
+        reset_every=train_config.reset_every,
     )
     val = Stream.of_ids(tokenizer, arrays.val, limit=train_config.eval_tokens)
     warnings = []

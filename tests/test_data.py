@@ -160,3 +160,14 @@ def test_sharded_batches_of_pieces_agree_on_the_scored_targets_of_every_window()
         assert window.scored == parts[0].scored == parts[1].scored == real
     plain = Batches(ids, 4, 16, seed=0, rank=1, world=2)
     assert plain.window(0, 0).scored == 4 * 16  # without pieces every target of both processes
+
+
+def test_streams_restart_from_zero_once_every_reset_period_at_staggered_windows():
+    batches = Batches(np.arange(20_000), batch_size=8, seq_len=10, seed=0, reset_every=4)
+    flags = np.stack([batches.window(0, k).reset.numpy() for k in range(12)])  # (windows, B)
+    assert (flags.sum(axis=0) == 3).all()  # each stream: windows k, k + 4, k + 8
+    assert len({int(np.argmax(flags[:, b])) for b in range(8)}) == 4  # phases spread out
+    shards = [Batches(np.arange(20_000), 8, 10, 0, rank=r, world=2, reset_every=4) for r in (0, 1)]
+    both = np.concatenate([s.window(0, 5).reset.numpy() for s in shards])
+    assert (both == batches.window(0, 5).reset.numpy()).all()  # same streams as one process
+    assert Batches(np.arange(20_000), 8, 10, 0).window(0, 0).reset is None  # 0: never

@@ -26,7 +26,14 @@ def make_trainer(text, level="char", cell="lstm", dropout=0.0, **train_changes):
     )
     ids = tokenizer.encode(train_text)
     starts = piece_starts(tokenizer, ids)  # as chargen.session does: ABC tunes are pieces
-    batches = Batches(ids, config.batch_size, config.seq_len, config.seed, starts=starts)
+    batches = Batches(
+        ids,
+        config.batch_size,
+        config.seq_len,
+        config.seed,
+        starts=starts,
+        reset_every=config.reset_every,
+    )
     val = Stream.of(tokenizer, val_text)
     return Trainer(model, batches, val, config, torch.device("cpu"))
 
@@ -65,6 +72,24 @@ def test_abc_training_starts_every_tune_from_a_zero_state():
         per_stream = h.abs().sum(dim=(0, 2))  # (B,)
         assert torch.all(per_stream[reset] == 0)  # a tune starts: fresh state
         assert torch.all(per_stream[~reset] > 0)  # inside a tune: the state carries on
+
+
+def test_plain_text_streams_restart_from_a_zero_state_every_reset_period():
+    trainer = make_trainer(VERSE * 40, max_steps=None, reset_every=3)
+    seen = []
+    forward = trainer.model.forward
+
+    def spy(ids, hidden=None):
+        seen.append(hidden[0].clone())
+        return forward(ids, hidden)
+
+    trainer.model.forward = spy
+    for _ in range(7):
+        trainer.train_step()
+    for k, h in enumerate(seen[1:], start=1):
+        reset = trainer.batches.window(0, k).reset
+        per_stream = h.abs().sum(dim=(0, 2))
+        assert torch.all(per_stream[reset] == 0) and torch.all(per_stream[~reset] > 0)
 
 
 def test_abc_validation_scores_each_tune_from_a_fresh_state():
