@@ -53,8 +53,9 @@ def test_every_cell_and_level_overfits_a_tiny_corpus(cell, level):
 TUNES = "\n\n".join(GOOD * 6) + "\n"
 
 
-def test_abc_training_starts_every_tune_from_a_zero_state():
-    trainer = make_trainer(TUNES, "abc", max_steps=None)
+def states_and_resets(trainer, steps):
+    """Train ``steps`` windows of the first epoch; for each, the h state the model was given and
+    the window's reset flags."""
     seen = []
     forward = trainer.model.forward
 
@@ -63,33 +64,30 @@ def test_abc_training_starts_every_tune_from_a_zero_state():
         return forward(ids, hidden)
 
     trainer.model.forward = spy
-    steps = trainer.batches.windows_in_epoch(0)
     for _ in range(steps):
         trainer.train_step()
-    resets = [trainer.batches.window(0, k).reset for k in range(steps)]
-    assert sum(int(r.sum()) for r in resets) >= 10
-    for h, reset in zip(seen[1:], resets[1:], strict=True):
+    return seen, [trainer.batches.window(0, k).reset for k in range(steps)]
+
+
+def assert_zero_exactly_where_reset(seen, resets):
+    for h, reset in zip(seen[1:], resets[1:], strict=True):  # the first window starts at zero
         per_stream = h.abs().sum(dim=(0, 2))  # (B,)
-        assert torch.all(per_stream[reset] == 0)  # a tune starts: fresh state
-        assert torch.all(per_stream[~reset] > 0)  # inside a tune: the state carries on
+        assert torch.all(per_stream[reset] == 0)  # restarted: the zero state
+        assert torch.all(per_stream[~reset] > 0)  # otherwise the state carries on
+
+
+def test_abc_training_starts_every_tune_from_a_zero_state():
+    trainer = make_trainer(TUNES, "abc", max_steps=None)
+    seen, resets = states_and_resets(trainer, trainer.batches.windows_in_epoch(0))
+    assert sum(int(r.sum()) for r in resets) >= 10  # tunes start in many windows
+    assert_zero_exactly_where_reset(seen, resets)
 
 
 def test_plain_text_streams_restart_from_a_zero_state_every_reset_period():
     trainer = make_trainer(VERSE * 40, max_steps=None, reset_every=3)
-    seen = []
-    forward = trainer.model.forward
-
-    def spy(ids, hidden=None):
-        seen.append(hidden[0].clone())
-        return forward(ids, hidden)
-
-    trainer.model.forward = spy
-    for _ in range(7):
-        trainer.train_step()
-    for k, h in enumerate(seen[1:], start=1):
-        reset = trainer.batches.window(0, k).reset
-        per_stream = h.abs().sum(dim=(0, 2))
-        assert torch.all(per_stream[reset] == 0) and torch.all(per_stream[~reset] > 0)
+    seen, resets = states_and_resets(trainer, 7)
+    assert all(int(r.sum()) > 0 for r in resets[1:])  # every window restarts some stream
+    assert_zero_exactly_where_reset(seen, resets)
 
 
 def test_abc_validation_scores_each_tune_from_a_fresh_state():
