@@ -168,7 +168,7 @@ class Stream:
 class Window(NamedTuple):
     inputs: torch.Tensor  # (B, T)
     targets: torch.Tensor  # (B, T), IGNORE where padded
-    reset: torch.Tensor | None  # (B,) bool: the stream starts a piece here; None without pieces
+    reset: torch.Tensor | None  # (B,) bool: the stream starts from zero here; None: none ever does
     scored: int  # targets that count (not IGNORE) in this window of every process's streams
 
 
