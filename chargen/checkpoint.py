@@ -493,6 +493,10 @@ def restore_trainer(run: Run, trainer: Trainer) -> None:
         if key.startswith("optim."):
             _, index, slot = key.split(".", 2)
             optim_state.setdefault(int(index), {})[slot] = value
+    for saved, current in zip(groups, trainer.optimizer.param_groups, strict=False):
+        # How the update is computed belongs to this machine, not to the saved run.
+        for key in ("fused", "foreach"):
+            saved[key] = current.get(key)
     try:
         trainer.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError) as exc:

@@ -406,6 +406,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
             f"on {trainer.device.type}"
             f"{f' x {session.world.size} processes' if session.world.active else ''}"
             f"{' (bf16)' if trainer.bf16 else ''}"
+            f"{f', {trainer.workers.count} worker threads' if trainer.workers.count > 1 else ''}"
         )
 
     stop_requested = []
@@ -462,6 +463,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
     finally:
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
+        trainer.workers.close()
         shutdown(session.world)
     if not main:
         finish(session.world)
@@ -773,10 +775,11 @@ def score(ctx, run, files, per_line, weights, as_json, device):
 
 def _report_scores(ctx, run_spec, files, weights, as_json, device, per_line) -> None:
     from chargen.console import console, fmt, table
-    from chargen.data import Stream, read_text
+    from chargen.data import EVAL_STREAMS, Stream, read_text
     from chargen.score import score_texts
     from chargen.session import load_for_inference
     from chargen.train import evaluate
+    from chargen.workers import plan as plan_workers
 
     for file in files:
         path = Path(file)
@@ -788,6 +791,7 @@ def _report_scores(ctx, run_spec, files, weights, as_json, device, per_line) -> 
         run_spec, _root(ctx), weights, device
     )
     rows = []  # (file, line number or None, result)
+    workers = plan_workers(torch_device, rows=EVAL_STREAMS)
     for file in files:
         text = read_text(file)
         unknown = tokenizer.unknown_pieces(text)
@@ -801,7 +805,8 @@ def _report_scores(ctx, run_spec, files, weights, as_json, device, per_line) -> 
             results = score_texts(model, tokenizer, lines, torch_device)
             rows += [(file, i + 1, r) for i, r in enumerate(results)]
         else:
-            rows.append((file, None, evaluate(model, Stream.of(tokenizer, text), torch_device)))
+            stream = Stream.of(tokenizer, text)
+            rows.append((file, None, evaluate(model, stream, torch_device, workers=workers)))
     if as_json:
         for file, line, result in rows:
             record = {"run": run.name, "weights": loaded, "file": file}

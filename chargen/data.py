@@ -275,9 +275,13 @@ class Batches:
         return Window(x, y, reset, int(self.scored[index]))
 
 
+EVAL_STREAMS = 64
+"""Most parallel streams an evaluation pass scores at once."""
+
+
 def eval_layout(
     ids: np.ndarray,
-    max_streams: int = 64,
+    max_streams: int = EVAL_STREAMS,
     min_stream_len: int = 512,
     starts: np.ndarray | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -102,6 +102,15 @@ def select_hidden(hidden: Hidden, index: torch.Tensor) -> Hidden:
     return hidden[:, index]
 
 
+def join_hidden(parts: list[Hidden]) -> Hidden:
+    """The states of groups of streams joined into one, in the order given."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(layer, 1) for layer in zip(*parts, strict=True))
+    return torch.cat(parts, 1)
+
+
 class Bf16Product:
     """``x @ weight`` in bfloat16 for a fixed ``weight`` (K, N).
 

@@ -10,11 +10,12 @@ from chargen.errors import TrainingDiverged
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
 from chargen.train import Trainer, evaluate
+from chargen.workers import Workers
 from tests.abc_fixtures import GOOD
 from tests.conftest import VERSE, tiny_model, tiny_train
 
 
-def make_trainer(text, level="char", cell="lstm", dropout=0.0, **train_changes):
+def make_trainer(text, level="char", cell="lstm", dropout=0.0, workers=None, **train_changes):
     config = tiny_train(level=level, **train_changes)
     torch.manual_seed(config.seed)
     train_text, val_text = split_text(text, config.val_frac)
@@ -35,7 +36,7 @@ def make_trainer(text, level="char", cell="lstm", dropout=0.0, **train_changes):
         reset_every=config.reset_every,
     )
     val = Stream.of(tokenizer, val_text)
-    return Trainer(model, batches, val, config, torch.device("cpu"))
+    return Trainer(model, batches, val, config, torch.device("cpu"), workers=workers)
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -194,3 +195,50 @@ def test_a_diverging_run_stops_with_advice_before_the_optimizer_touches_the_weig
     for key, value in trainer.model.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)
     assert trainer.state.step == 3
+
+
+def test_streams_split_over_worker_threads_train_like_one_thread():
+    text = VERSE * 20
+    with Workers(1) as one, Workers(2, threads_each=1) as two, Workers(3, threads_each=1) as three:
+        runs = [
+            make_trainer(text, max_steps=25, batch_size=8, workers=w) for w in (one, two, three)
+        ]
+        losses = [[trainer.train_step() for _ in range(25)] for trainer in runs]
+        scores = [trainer.evaluate().nats_per_token for trainer in runs]
+    # The same sums, added up in another order: equal to rounding.
+    for other in (1, 2):
+        assert losses[other] == pytest.approx(losses[0], rel=1e-4)
+        assert scores[other] == pytest.approx(scores[0], rel=1e-4)
+        for a, b in zip(runs[0].model.parameters(), runs[other].model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    assert losses[0][-1] < losses[0][0] - 0.5  # it learned something
+
+
+def test_a_run_on_worker_threads_is_reproducible_and_resumes_exactly(tmp_path):
+    text = VERSE * 20
+
+    def trainer(workers):
+        return make_trainer(text, max_steps=30, batch_size=8, workers=workers)
+
+    with Workers(2, threads_each=1) as workers:
+        straight, again = trainer(workers), trainer(workers)
+        straight.run()
+        again.run()
+        first = trainer(workers)
+        first.run(should_stop=lambda: first.state.step >= 13)
+        run = checkpoint.create_run(
+            tmp_path,
+            "r",
+            Tokenizer.train(split_text(text, 0.1)[0]),
+            first.model.config,
+            first.config,
+            "verse",
+            0,
+        )
+        checkpoint.save_last(run, first, "interrupted")
+        resumed = trainer(workers)
+        checkpoint.restore_trainer(checkpoint.open_run(run.path), resumed)
+        resumed.run()
+    for other in (again, resumed):
+        for a, b in zip(straight.model.parameters(), other.model.parameters(), strict=True):
+            assert torch.equal(a, b)

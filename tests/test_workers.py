@@ -1,0 +1,61 @@
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chargen.workers import Workers, plan, split_rows
+
+
+@given(rows=st.integers(0, 300), parts=st.integers(1, 16))
+def test_rows_split_into_contiguous_near_equal_groups_in_order(rows, parts):
+    groups = split_rows(rows, parts)
+    assert len(groups) == max(1, min(parts, rows))
+    covered = [row for group in groups for row in range(rows)[group]]
+    assert covered == list(range(rows))
+    sizes = [group.stop - group.start for group in groups]
+    assert max(sizes) - min(sizes) <= 1
+    assert rows == 0 or min(sizes) >= 1
+
+
+def test_each_worker_thread_has_its_own_thread_count_and_close_gives_it_back():
+    before = torch.get_num_threads()
+    with Workers(2, threads_each=1) as workers:
+        seen = workers.map(lambda rows: (torch.get_num_threads(), rows), 10)
+        assert seen == [(1, slice(0, 5)), (1, slice(5, 10))]
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_one_worker_runs_in_the_calling_thread():
+    import threading
+
+    caller = threading.get_ident()
+    with Workers(1) as workers:
+        assert workers.map(lambda rows: threading.get_ident(), 10) == [caller]
+
+
+@pytest.fixture
+def four_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("device", "rows", "dropout", "count"),
+    [
+        ("cpu", 64, 0.0, 4),  # a thread each
+        ("cpu", 32, 0.0, 2),  # at least 16 streams a worker
+        ("cpu", 8, 0.0, 1),
+        ("cpu", 64, 0.2, 1),  # dropout masks must come in a reproducible order
+        ("meta", 64, 0.0, 1),  # not a CPU: the device runs the streams in parallel itself
+    ],
+)
+def test_plan_gives_a_cpu_a_worker_per_thread_for_enough_streams(
+    four_threads, device, rows, dropout, count
+):
+    with plan(torch.device(device), rows, dropout) as workers:
+        assert workers.count == count
+        if count > 1:
+            assert workers.map(lambda rows: torch.get_num_threads(), rows) == [4 // count] * count
