@@ -326,7 +326,11 @@ _MODEL_FIELDS = {"layers": "num_layers", "hidden": "hidden_size", "embedding": "
     show_default=True,
     help="auto: bf16 autocast where the hardware has it.",
 )
-@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: torch's choice).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="CPU threads (default: one per core); each takes its own group of streams.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @checkpoint_dir_option
