@@ -467,7 +467,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
     finally:
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
-        trainer.workers.close()
+        trainer.close()
         shutdown(session.world)
     if not main:
         finish(session.world)
@@ -795,22 +795,23 @@ def _report_scores(ctx, run_spec, files, weights, as_json, device, per_line) -> 
         run_spec, _root(ctx), weights, device
     )
     rows = []  # (file, line number or None, result)
-    workers = plan_workers(torch_device, rows=EVAL_STREAMS)
-    for file in files:
-        text = read_text(file)
-        unknown = tokenizer.unknown_pieces(text)
-        if unknown and not as_json:
-            console.print(
-                f"[yellow]note:[/] {file}: {len(unknown)} kinds of token the model "
-                "never saw were scored as <unk>"
-            )
-        if per_line:
-            lines = text.splitlines()
-            results = score_texts(model, tokenizer, lines, torch_device)
-            rows += [(file, i + 1, r) for i, r in enumerate(results)]
-        else:
-            stream = Stream.of(tokenizer, text)
-            rows.append((file, None, evaluate(model, stream, torch_device, workers=workers)))
+    workers = plan_workers(torch_device, rows=1 if per_line else EVAL_STREAMS)
+    with workers:
+        for file in files:
+            text = read_text(file)
+            unknown = tokenizer.unknown_pieces(text)
+            if unknown and not as_json:
+                console.print(
+                    f"[yellow]note:[/] {file}: {len(unknown)} kinds of token the model "
+                    "never saw were scored as <unk>"
+                )
+            if per_line:
+                lines = text.splitlines()
+                results = score_texts(model, tokenizer, lines, torch_device)
+                rows += [(file, i + 1, r) for i, r in enumerate(results)]
+            else:
+                stream = Stream.of(tokenizer, text)
+                rows.append((file, None, evaluate(model, stream, torch_device, workers=workers)))
     if as_json:
         for file, line, result in rows:
             record = {"run": run.name, "weights": loaded, "file": file}

@@ -161,45 +161,48 @@ def start_training(
         )
     model = RNNLanguageModel(model_config)
     trainer = Trainer(model, batches, val, train_config, device, bf16, world=world)
-
-    digest = arrays.digest
-    lock = None
-    if resume:
-        lock = checkpoint.lock_run(run.path) if world.is_main else None
-        checkpoint.restore_trainer(run, trainer)
-        if run.info.get("corpus_sha256") not in (None, digest):
-            warnings.append(
-                f"{named} differs from the corpus this run started on; validation losses "
-                "before and after are not comparable"
+    try:
+        digest = arrays.digest
+        lock = None
+        if resume:
+            lock = checkpoint.lock_run(run.path) if world.is_main else None
+            checkpoint.restore_trainer(run, trainer)
+            if run.info.get("corpus_sha256") not in (None, digest):
+                warnings.append(
+                    f"{named} differs from the corpus this run started on; validation losses "
+                    "before and after are not comparable"
+                )
+            if world.is_main:
+                checkpoint.update_info(
+                    run, train=to_dict(train_config), corpus=list(corpus), corpus_sha256=digest
+                )
+        elif world.is_main:
+            run = checkpoint.create_run(
+                root,
+                name,
+                tokenizer,
+                model_config,
+                train_config,
+                list(corpus),
+                model.num_parameters(),
+                force=force,
             )
-        if world.is_main:
+            lock = checkpoint.lock_run(run.path)
             checkpoint.update_info(
-                run, train=to_dict(train_config), corpus=list(corpus), corpus_sha256=digest
+                run, corpus_sha256=digest, corpus_chars=arrays.train_chars + arrays.val_chars
             )
-    elif world.is_main:
-        run = checkpoint.create_run(
-            root,
-            name,
-            tokenizer,
-            model_config,
-            train_config,
-            list(corpus),
-            model.num_parameters(),
-            force=force,
+        else:
+            run = None  # only rank 0 writes the run directory
+        if world.active:
+            # Different dropout masks in each process; weights were broadcast from rank 0.
+            torch.manual_seed(train_config.seed + 7919 * world.rank + trainer.state.step)
+        barrier(world)
+        return TrainingSession(
+            run, trainer, tokenizer, trainer.state.step, warnings, lock, arrays, world
         )
-        lock = checkpoint.lock_run(run.path)
-        checkpoint.update_info(
-            run, corpus_sha256=digest, corpus_chars=arrays.train_chars + arrays.val_chars
-        )
-    else:
-        run = None  # only rank 0 writes the run directory
-    if world.active:
-        # Different dropout masks in each process; weights were broadcast from rank 0.
-        torch.manual_seed(train_config.seed + 7919 * world.rank + trainer.state.step)
-    barrier(world)
-    return TrainingSession(
-        run, trainer, tokenizer, trainer.state.step, warnings, lock, arrays, world
-    )
+    except BaseException:
+        trainer.close()  # its worker threads; the CLI closes it after training
+        raise
 
 
 def save_checkpoint(session: TrainingSession, result: EvalResult | None, status: str) -> None:

@@ -40,7 +40,7 @@ from chargen.model import (
     reset_rows,
     select_hidden,
 )
-from chargen.workers import SINGLE as ONE_THREAD
+from chargen.workers import SINGLE as CALLING_THREAD
 from chargen.workers import Workers
 from chargen.workers import plan as plan_workers
 
@@ -83,7 +83,7 @@ def evaluate(
     bf16: bool = False,
     window: int = 256,
     world: World = SINGLE,
-    workers: Workers = ONE_THREAD,
+    workers: Workers = CALLING_THREAD,
 ) -> EvalResult:
     """Mean loss of ``model`` over every prediction of ``stream``, carrying state across windows.
 
@@ -178,6 +178,10 @@ class Trainer:
         self.bf16 = bf16
         self.params = list(model.parameters())
         self.workers = workers or plan_workers(device, batches.batch_size, model.config.dropout)
+        if self.workers.count > 1 and model.config.dropout > 0:
+            # Dropout masks come from torch's one generator: threads would draw them in an
+            # order that changes from run to run.
+            raise ValueError("a model with dropout trains on one worker thread")
         self.optimizer = _adamw(self.params, config.lr, config.weight_decay)
         self.state = TrainState()
         self.hidden: Hidden = model.init_hidden(batches.batch_size)
@@ -219,6 +223,10 @@ class Trainer:
             return "time"
         return None
 
+    def close(self) -> None:
+        """Stop the worker threads, if any."""
+        self.workers.close()
+
     # ------------------------------------------------------------------ the loop
 
     def train_step(self) -> float:
@@ -246,7 +254,8 @@ class Trainer:
         parts = self.workers.map(gradients, x.shape[0])
         total = sum(part.total for part in parts)
         for k, parameter in enumerate(self.params):
-            parameter.grad = functools.reduce(torch.add, [part.grads[k] for part in parts])
+            grad = functools.reduce(torch.add, [part.grads[k] for part in parts])
+            parameter.grad = grad.contiguous()  # clipping and the optimizer work on it in place
         loss = total * scale
         average_gradients(self.params, self.world)
         # Clip the global gradient norm: BPTT gradients can explode (Pascanu et al. 2013).

@@ -36,13 +36,18 @@ class Workers:
     back. One worker is the calling thread itself: no pool, nothing changes.
     """
 
-    def __init__(self, count: int = 1, threads_each: int | None = None):
+    def __init__(self, count: int = 1, threads_each: int | None = None, min_rows: int = 1):
         self.count = max(1, count)
+        self.min_rows = max(1, min_rows)  # fewest streams worth a group of their own
         self._pool = None
-        self._previous_threads = torch.get_num_threads()
         if self.count > 1:
+            self._previous_threads = torch.get_num_threads()
             self._pool = ThreadPoolExecutor(self.count, thread_name_prefix="chargen-worker")
-            self._start(threads_each)
+            try:
+                self._start(threads_each)
+            except BaseException:
+                self.close()
+                raise
 
     def _start(self, threads: int | None) -> None:
         """Start every worker thread now, each with ``threads`` intra-op threads of its own.
@@ -64,7 +69,7 @@ class Workers:
 
     def map(self, fn: Callable[[slice], T], rows: int) -> list[T]:
         """``fn`` of each group of ``rows`` (``split_rows``), in group order."""
-        groups = split_rows(rows, self.count)
+        groups = split_rows(rows, min(self.count, max(1, rows // self.min_rows)))
         if self._pool is None or len(groups) == 1:
             return [fn(group) for group in groups]
         return list(self._pool.map(fn, groups))
@@ -94,16 +99,17 @@ def split_rows(rows: int, parts: int) -> list[slice]:
 def plan(device: torch.device, rows: int, dropout: float = 0.0) -> Workers:
     """Workers for ``rows`` streams on ``device`` using torch's current thread count.
 
-    One per thread on a CPU, while each gets ``MIN_ROWS`` streams; the threads left over go to
-    the workers. GPUs take the whole batch in one worker. So does a model with dropout: its
-    masks come from torch's one random generator, which threads would draw from in an
+    One per thread on a CPU, while each gets ``MIN_ROWS`` streams; with fewer workers than
+    threads, each worker gets an equal share of the threads. GPUs take the whole batch in one
+    worker. So does a model with dropout: its masks come from torch's one random generator,
+    which threads would draw from in an
     unreproducible order.
     """
     threads = torch.get_num_threads()
     if device.type != "cpu" or dropout > 0:
         return Workers(1)
     count = max(1, min(threads, rows // MIN_ROWS))
-    return Workers(count, threads_each=max(1, threads // count))
+    return Workers(count, threads_each=max(1, threads // count), min_rows=MIN_ROWS)
 
 
 SINGLE = Workers(1)

@@ -242,3 +242,18 @@ def test_a_run_on_worker_threads_is_reproducible_and_resumes_exactly(tmp_path):
     for other in (again, resumed):
         for a, b in zip(straight.model.parameters(), other.model.parameters(), strict=True):
             assert torch.equal(a, b)
+
+
+def test_a_model_with_dropout_refuses_worker_threads():
+    with Workers(2, threads_each=1) as workers, pytest.raises(ValueError, match="dropout"):
+        make_trainer(VERSE * 5, dropout=0.2, workers=workers)
+
+
+def test_bf16_steps_on_worker_threads_match_one_thread():
+    text = VERSE * 20
+    with Workers(1) as one, Workers(2, threads_each=1) as two:
+        runs = [make_trainer(text, batch_size=8, workers=w) for w in (one, one, two)]
+        runs[1].bf16 = runs[2].bf16 = True  # autocast must reach the worker threads too
+        fp32, bf16_one, bf16_two = ([t.train_step() for _ in range(10)] for t in runs)
+    assert bf16_two == pytest.approx(bf16_one, rel=1e-4)
+    assert bf16_two != pytest.approx(fp32, rel=1e-4)

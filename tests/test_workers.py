@@ -17,15 +17,6 @@ def test_rows_split_into_contiguous_near_equal_groups_in_order(rows, parts):
     assert rows == 0 or min(sizes) >= 1
 
 
-def test_each_worker_thread_has_its_own_thread_count_and_close_gives_it_back():
-    before = torch.get_num_threads()
-    with Workers(2, threads_each=1) as workers:
-        seen = workers.map(lambda rows: (torch.get_num_threads(), rows), 10)
-        assert seen == [(1, slice(0, 5)), (1, slice(5, 10))]
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-
-
 def test_one_worker_runs_in_the_calling_thread():
     import threading
 
@@ -40,6 +31,20 @@ def four_threads():
     torch.set_num_threads(4)
     yield
     torch.set_num_threads(before)
+
+
+def test_each_worker_thread_has_its_own_thread_count_and_close_gives_it_back(four_threads):
+    with Workers(2, threads_each=1) as workers:
+        seen = workers.map(lambda rows: (torch.get_num_threads(), rows), 10)
+        assert seen == [(1, slice(0, 5)), (1, slice(5, 10))]
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 4
+
+
+def test_too_few_rows_for_two_groups_stay_in_one():
+    with Workers(2, threads_each=1, min_rows=16) as workers:
+        assert workers.map(lambda rows: rows, 20) == [slice(0, 20)]
+        assert workers.map(lambda rows: rows, 40) == [slice(0, 20), slice(20, 40)]
 
 
 @pytest.mark.parametrize(
