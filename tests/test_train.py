@@ -153,29 +153,38 @@ def test_validation_loss_is_reported_in_nats_and_bits_per_char():
     assert result.perplexity == pytest.approx(math.exp(result.nats_per_token))
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_interrupted_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(cell, tmp_path):
-    text = VERSE * 20
-    # Dropout draws from the global RNG: resuming must restore it too.
-    straight = make_trainer(text, cell=cell, dropout=0.3, max_steps=40, batch_size=4)
-    straight.run()
-
-    first = make_trainer(text, cell=cell, dropout=0.3, max_steps=40, batch_size=4)
-    first.run(should_stop=lambda: first.state.step >= 17)
+def restored_from_a_save(interrupted, text, folder, make):
+    """A new trainer from ``make()``, restored from a checkpoint of ``interrupted``."""
     run = checkpoint.create_run(
-        tmp_path,
+        folder,
         "r",
         Tokenizer.train(split_text(text, 0.1)[0]),
-        first.model.config,
-        first.config,
+        interrupted.model.config,
+        interrupted.config,
         "verse",
         0,
     )
-    checkpoint.save_last(run, first, "interrupted")
-
+    checkpoint.save_last(run, interrupted, "interrupted")
     torch.manual_seed(999)  # resuming must not depend on the RNG state of the new process
-    resumed = make_trainer(text, cell=cell, dropout=0.3, max_steps=40, batch_size=4)
+    resumed = make()
     checkpoint.restore_trainer(checkpoint.open_run(run.path), resumed)
+    return resumed
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_interrupted_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(cell, tmp_path):
+    text = VERSE * 20
+
+    def trainer():
+        return make_trainer(text, cell=cell, dropout=0.3, max_steps=40, batch_size=4)
+
+    # Dropout draws from the global RNG: resuming must restore it too.
+    straight = trainer()
+    straight.run()
+
+    first = trainer()
+    first.run(should_stop=lambda: first.state.step >= 17)
+    resumed = restored_from_a_save(first, text, tmp_path, trainer)
     assert resumed.state.step == 17
     resumed.run()
     for (name, a), b in zip(
@@ -226,18 +235,7 @@ def test_a_run_on_worker_threads_is_reproducible_and_resumes_exactly(tmp_path):
         again.run()
         first = trainer(workers)
         first.run(should_stop=lambda: first.state.step >= 13)
-        run = checkpoint.create_run(
-            tmp_path,
-            "r",
-            Tokenizer.train(split_text(text, 0.1)[0]),
-            first.model.config,
-            first.config,
-            "verse",
-            0,
-        )
-        checkpoint.save_last(run, first, "interrupted")
-        resumed = trainer(workers)
-        checkpoint.restore_trainer(checkpoint.open_run(run.path), resumed)
+        resumed = restored_from_a_save(first, text, tmp_path, lambda: trainer(workers))
         resumed.run()
     for other in (again, resumed):
         for a, b in zip(straight.model.parameters(), other.model.parameters(), strict=True):
