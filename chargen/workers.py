@@ -4,9 +4,9 @@ A recurrent layer steps through a window one time step at a time, and each step 
 matrix product (32 streams by 512 by 2048 for the default LSTM). Split across cores inside every
 product, the threads meet at each of those steps and wait for each other. Given the streams in
 contiguous groups instead, one single-threaded worker per group, the cores meet once per window.
-Measured on this project's 2-core machine (1x512 LSTM, bf16, 32 streams): one worker on two
-threads trained 28,000-33,000 tokens/s, two workers of 16 streams on one thread each
-35,000-38,000, in the same spells.
+Measured on this project's 2-core machine (1x512 LSTM, bf16, 32 streams, 80-step loops in the
+same spells): one worker on two threads trained 29,000-32,700 tokens/s, two workers of 16
+streams on one thread each 34,800-35,900 (37,400-38,400 with fused AdamW; see README).
 
 Results are combined in group order, so a run with a given number of workers is reproducible.
 """
