@@ -499,6 +499,10 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
                 "best_val_loss": state.best_val_loss,
                 "best_val_bpc": state.best_val_bpc,
                 "tokens_per_sec": tokens / seconds if seconds > 0 else None,
+                # the training steps alone, without validation passes and saving
+                "step_tokens_per_sec": (
+                    tokens / trainer.step_seconds if trainer.step_seconds > 0 else None
+                ),
                 "seconds": seconds,
             }
         )

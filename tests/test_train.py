@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 import torch
@@ -128,6 +129,20 @@ def test_time_limit_stops_training():
     trainer = make_trainer(VERSE * 10, max_steps=None, time_limit=0.5)
     state = trainer.run()
     assert state.stop_reason == "time" and state.elapsed >= 0.5
+
+
+def test_step_time_leaves_out_validation(monkeypatch):
+    trainer = make_trainer(VERSE * 10, max_steps=4, eval_every=1)
+    slow = Trainer.evaluate
+
+    def slow_evaluate(self):
+        time.sleep(0.2)
+        return slow(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
+    state = trainer.run()
+    # the clock runs on through the evaluations after steps 1 to 3; the step time does not
+    assert 0 < trainer.step_seconds <= state.elapsed - 0.2 * 3
 
 
 def test_patience_stops_when_validation_stops_improving():
