@@ -102,7 +102,7 @@ def generate(
     logits, hidden = warm_up(model, prime_ids, config.num, device)
     # Many streams: bf16 products pay off where the hardware has them; one stream: they don't.
     bf16 = config.num >= BF16_MIN_STREAMS and use_bf16(torch.device(device), "auto")
-    step = Stepper(model, bf16=bf16)
+    step = Stepper(model, bf16=bf16, chained=bf16)  # the product ahead pays for many streams
     for _ in range(config.length):
         logits[:, 0] = -math.inf  # id 0 is <unk>: a sample must not print it
         ids = choose(logits, config.temperature, config.top_k, config.top_p, generator)

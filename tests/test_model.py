@@ -3,7 +3,7 @@ import torch
 
 from chargen.config import CELLS, ModelConfig
 from chargen.errors import UsageError
-from chargen.model import CELL_TYPES, RNNLanguageModel, Stepper, detach_hidden
+from chargen.model import CELL_TYPES, RNNLanguageModel, Stepper, detach_hidden, select_hidden
 
 
 def make(cell, **changes):
@@ -78,12 +78,13 @@ def test_hidden_state_follows_the_weights_dtype():
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("layers", [1, 2])
-def test_stepper_gives_the_logits_of_the_fused_module(cell, layers):
+@pytest.mark.parametrize("chained", [True, False])
+def test_stepper_gives_the_logits_of_the_fused_module(cell, layers, chained):
     model = make(cell, num_layers=layers)
     ids = torch.randint(0, 11, (3, 9))
     with torch.no_grad():
         expected, _ = model(ids)
-        step, hidden, produced = Stepper(model), model.init_hidden(3), []
+        step, hidden, produced = Stepper(model, chained=chained), model.init_hidden(3), []
         for t in range(9):
             logits, hidden = step(ids[:, t], hidden)
             produced.append(logits)
@@ -91,11 +92,27 @@ def test_stepper_gives_the_logits_of_the_fused_module(cell, layers):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_stepper_multiplies_afresh_for_a_state_it_did_not_return(cell):
+    """The product made ahead belongs to the state returned; rows picked out of that state
+    (as beam search and finished tunes do) must not reuse it."""
+    model = make(cell, num_layers=2)
+    ids = torch.randint(0, 11, (4, 5))
+    with torch.no_grad():
+        step, hidden = Stepper(model, chained=True), model.init_hidden(4)
+        for t in range(5):
+            _, hidden = step(ids[:, t], hidden)
+        picked = select_hidden(hidden, torch.tensor([3, 0, 0, 1]))
+        got, _ = step(ids[:, 0], picked)
+        expected, _ = Stepper(model, chained=False)(ids[:, 0], picked)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_bf16_stepper_stays_close_to_the_float32_one(cell):
     model = make(cell, num_layers=2)
     ids = torch.randint(0, 11, (16, 12))
     with torch.no_grad():
-        exact, low = Stepper(model), Stepper(model, bf16=True)
+        exact, low = Stepper(model), Stepper(model, bf16=True, chained=True)
         h_exact = h_low = model.init_hidden(16)
         for t in range(12):
             a, h_exact = exact(ids[:, t], h_exact)
