@@ -8,6 +8,7 @@ implementations; ``rnn`` is the plain recurrence h_t = tanh(W_hh h_{t-1} + W_xh 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from chargen.config import CELLS, ModelConfig
@@ -27,7 +28,7 @@ class RNNLanguageModel(nn.Module):
             raise UsageError("the model needs a vocabulary; build the tokenizer first")
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
-        # torch applies its own dropout only between stacked layers; self.dropout covers the
+        # torch applies its own dropout only between stacked layers; forward covers the
         # embedding and the last layer's output.
         self.rnn = CELL_TYPES[config.cell](
             config.embedding_dim,
@@ -36,7 +37,6 @@ class RNNLanguageModel(nn.Module):
             dropout=config.dropout if config.num_layers > 1 else 0.0,
             batch_first=True,
         )
-        self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
         if config.tie_weights:
             # Weight tying: one matrix embeds and un-embeds tokens (Press & Wolf 2017,
@@ -58,11 +58,32 @@ class RNNLanguageModel(nn.Module):
                         )  # gate order: input, forget, cell, output
 
     def forward(
-        self, ids: torch.Tensor, hidden: Hidden | None = None
+        self,
+        ids: torch.Tensor,
+        hidden: Hidden | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, Hidden]:
-        x = self.dropout(self.embedding(ids))  # (B, T, E)
+        """Logits (B, T, V) for ``ids`` (B, T) and the state after them. In training mode,
+        ``generator`` draws the dropout masks of the embedding and the output (torch's global
+        generator without one); masks between stacked layers always come from the global one."""
+        x = self._dropout(self.embedding(ids), generator)  # (B, T, E)
         out, hidden = self.rnn(x, hidden)  # (B, T, H)
-        return self.head(self.dropout(out)), hidden  # (B, T, V)
+        return self.head(self._dropout(out, generator)), hidden  # (B, T, V)
+
+    def _dropout(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        p = self.config.dropout
+        if not self.training or p == 0:
+            return x
+        if generator is None:
+            return F.dropout(x, p)
+        keep = torch.empty_like(x).bernoulli_(1 - p, generator=generator)
+        return x * keep / (1 - p)
+
+    @property
+    def draws_from_global_random(self) -> bool:
+        """Whether training draws from torch's global generator: dropout between stacked
+        layers, which the fused cell takes from nowhere else."""
+        return self.config.dropout > 0 and self.config.num_layers > 1
 
     def init_hidden(self, batch: int) -> Hidden:
         # new_zeros: the state follows the weights' device and dtype.

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -188,11 +189,12 @@ class Trainer:
         self.device = device
         self.bf16 = bf16
         self.params = list(model.parameters())
-        self.workers = workers or plan_workers(device, batches.batch_size, model.config.dropout)
-        if self.workers.count > 1 and model.config.dropout > 0:
-            # Dropout masks come from torch's one generator: threads would draw them in an
-            # order that changes from run to run.
-            raise ValueError("a model with dropout trains on one worker thread")
+        global_random = model.draws_from_global_random
+        self.workers = workers or plan_workers(device, batches.batch_size, global_random)
+        if self.workers.count > 1 and global_random:
+            # Dropout between stacked layers comes from torch's one generator: threads would
+            # draw from it in an order that changes from run to run.
+            raise ValueError("a model with dropout between layers trains on one worker thread")
         self.optimizer = _adamw(self.params, config.lr, config.weight_decay)
         self.state = TrainState()
         self.step_seconds = 0.0  # wall time inside train_step, this session: no evaluation
@@ -261,7 +263,8 @@ class Trainer:
         scale = self.world.size / scored
 
         def gradients(rows: slice) -> _Gradients:
-            return self._gradients(x[rows], y[rows], select_hidden(self.hidden, rows), scale)
+            hidden = select_hidden(self.hidden, rows)
+            return self._gradients(x[rows], y[rows], hidden, scale, self._generator(rows))
 
         parts = self.workers.map(gradients, x.shape[0])
         grads = [grad.contiguous() for grad in parts[0].grads]  # summed into these, in order
@@ -287,13 +290,29 @@ class Trainer:
         state.loss = loss
         return loss
 
+    def _generator(self, rows: slice) -> torch.Generator | None:
+        """The source of this step's dropout masks for streams ``rows`` of this process: seeded
+        from the run's seed, the step, the process and the streams, so that the masks do not
+        depend on the worker threads, the order they run in, or where a run was resumed."""
+        if self.model.config.dropout == 0:
+            return None
+        generator = torch.Generator(self.device)
+        key = [self.config.seed, self.state.step, self.world.rank, rows.start]
+        generator.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        return generator
+
     def _gradients(
-        self, x: torch.Tensor, y: torch.Tensor, hidden: Hidden, scale: float
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        hidden: Hidden,
+        scale: float,
+        generator: torch.Generator | None = None,
     ) -> _Gradients:
         """Forward and backward through one window of some streams (B, T), from ``hidden``."""
         x, y = x.to(self.device), y.to(self.device)
         with autocast(self.device, self.bf16):
-            logits, hidden = self.model(x, hidden)
+            logits, hidden = self.model(x, hidden, generator)
         total = F.cross_entropy(
             logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum"
         )

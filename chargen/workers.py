@@ -96,17 +96,16 @@ def split_rows(rows: int, parts: int) -> list[slice]:
     return [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
-def plan(device: torch.device, rows: int, dropout: float = 0.0) -> Workers:
+def plan(device: torch.device, rows: int, global_random: bool = False) -> Workers:
     """Workers for ``rows`` streams on ``device`` using torch's current thread count.
 
     One per thread on a CPU, while each gets ``MIN_ROWS`` streams; with fewer workers than
     threads, each worker gets an equal share of the threads. GPUs take the whole batch in one
-    worker. So does a model with dropout: its masks come from torch's one random generator,
-    which threads would draw from in an
-    unreproducible order.
+    worker. So does a model that draws from torch's one global random generator
+    (``global_random``): threads would draw from it in an unreproducible order.
     """
     threads = torch.get_num_threads()
-    if device.type != "cpu" or dropout > 0:
+    if device.type != "cpu" or global_random:
         return Workers(1)
     count = max(1, min(threads, rows // MIN_ROWS))
     return Workers(count, threads_each=max(1, threads // count), min_rows=MIN_ROWS)

@@ -16,15 +16,17 @@ from tests.abc_fixtures import GOOD
 from tests.conftest import VERSE, tiny_model, tiny_train
 
 
-def make_trainer(text, level="char", cell="lstm", dropout=0.0, workers=None, **train_changes):
+def make_trainer(
+    text, level="char", cell="lstm", dropout=0.0, layers=None, workers=None, **train_changes
+):
+    """A small trainer; with dropout, two layers unless ``layers`` says otherwise."""
     config = tiny_train(level=level, **train_changes)
     torch.manual_seed(config.seed)
     train_text, val_text = split_text(text, config.val_frac)
     tokenizer = Tokenizer.train(train_text, level)
+    layers = layers or (2 if dropout else 1)
     model = RNNLanguageModel(
-        tiny_model(cell, vocab_size=tokenizer.vocab_size, dropout=dropout, num_layers=2)
-        if dropout
-        else tiny_model(cell, vocab_size=tokenizer.vocab_size)
+        tiny_model(cell, vocab_size=tokenizer.vocab_size, dropout=dropout, num_layers=layers)
     )
     ids = tokenizer.encode(train_text)
     starts = piece_starts(tokenizer, ids)  # as chargen.session does: ABC tunes are pieces
@@ -61,9 +63,9 @@ def states_and_resets(trainer, steps):
     seen = []
     forward = trainer.model.forward
 
-    def spy(ids, hidden=None):
+    def spy(ids, hidden=None, generator=None):
         seen.append(hidden[0].clone())
-        return forward(ids, hidden)
+        return forward(ids, hidden, generator)
 
     trainer.model.forward = spy
     for _ in range(steps):
@@ -238,28 +240,42 @@ def test_streams_split_over_worker_threads_train_like_one_thread():
     assert losses[0][-1] < losses[0][0] - 0.5  # it learned something
 
 
-def test_a_run_on_worker_threads_is_reproducible_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_run_on_worker_threads_is_reproducible_and_resumes_exactly(dropout, tmp_path):
+    """Dropout on the embedding and output draws its masks per step and group of streams, so
+    a one-layer model with dropout trains on worker threads too."""
     text = VERSE * 20
 
-    def trainer(workers):
-        return make_trainer(text, max_steps=30, batch_size=8, workers=workers)
+    def trainer(workers, dropout=dropout):
+        return make_trainer(
+            text, dropout=dropout, layers=1, max_steps=30, batch_size=8, workers=workers
+        )
 
     with Workers(2, threads_each=1) as workers:
         straight, again = trainer(workers), trainer(workers)
         straight.run()
+        torch.manual_seed(4321)  # the masks must not come from the global generator
         again.run()
         first = trainer(workers)
         first.run(should_stop=lambda: first.state.step >= 13)
         resumed = restored_from_a_save(first, text, tmp_path, lambda: trainer(workers))
         resumed.run()
+        if dropout:
+            undropped = trainer(workers, dropout=0.0)
+            undropped.run()
     for other in (again, resumed):
         for a, b in zip(straight.model.parameters(), other.model.parameters(), strict=True):
             assert torch.equal(a, b)
+    if dropout:
+        assert not torch.equal(straight.model.head.weight, undropped.model.head.weight)
 
 
-def test_a_model_with_dropout_refuses_worker_threads():
+def test_dropout_between_layers_refuses_worker_threads():
+    # torch's fused cell draws those masks from the global generator, in thread order
     with Workers(2, threads_each=1) as workers, pytest.raises(ValueError, match="dropout"):
-        make_trainer(VERSE * 5, dropout=0.2, workers=workers)
+        make_trainer(VERSE * 5, dropout=0.2, layers=2, workers=workers)
+    with Workers(2, threads_each=1) as workers:
+        assert make_trainer(VERSE * 5, dropout=0.2, layers=1, workers=workers)
 
 
 def test_bf16_steps_on_worker_threads_match_one_thread():

@@ -48,19 +48,19 @@ def test_too_few_rows_for_two_groups_stay_in_one():
 
 
 @pytest.mark.parametrize(
-    ("device", "rows", "dropout", "count"),
+    ("device", "rows", "global_random", "count"),
     [
-        ("cpu", 64, 0.0, 4),  # a thread each
-        ("cpu", 32, 0.0, 2),  # at least 16 streams a worker
-        ("cpu", 8, 0.0, 1),
-        ("cpu", 64, 0.2, 1),  # dropout masks must come in a reproducible order
-        ("meta", 64, 0.0, 1),  # not a CPU: the device runs the streams in parallel itself
+        ("cpu", 64, False, 4),  # a thread each
+        ("cpu", 32, False, 2),  # at least 16 streams a worker
+        ("cpu", 8, False, 1),
+        ("cpu", 64, True, 1),  # draws from the global generator must come in a fixed order
+        ("meta", 64, False, 1),  # not a CPU: the device runs the streams in parallel itself
     ],
 )
 def test_plan_gives_a_cpu_a_worker_per_thread_for_enough_streams(
-    four_threads, device, rows, dropout, count
+    four_threads, device, rows, global_random, count
 ):
-    with plan(torch.device(device), rows, dropout) as workers:
+    with plan(torch.device(device), rows, global_random) as workers:
         assert workers.count == count
         if count > 1:
             assert workers.map(lambda rows: torch.get_num_threads(), rows) == [4 // count] * count
