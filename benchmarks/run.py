@@ -68,7 +68,7 @@ def bench_quality(corpus: Path, seconds: float, env: dict) -> dict:
     return {
         "train_seconds": summary["seconds"],
         "steps": summary["steps"],
-        "train_tokens_per_sec": summary["step_tokens_per_sec"],
+        "train_step_tokens_per_sec": summary["step_tokens_per_sec"],
         "val_loss": evaluation["nats_per_token"],
         "val_bpc": evaluation["bits_per_char"],
         "peak_rss_mb": max(peak_kb, before) / 1024,
@@ -153,7 +153,10 @@ def bench_throughput(corpus: Path, seconds: float, rounds: int, env: dict) -> di
                 seconds,
             )
         )
-        ours.append(chargen_tokens_per_sec(corpus, seconds, env)["step_tokens_per_sec"])
+        speed = chargen_tokens_per_sec(corpus, seconds, env)["step_tokens_per_sec"]
+        if speed is None:
+            raise SystemExit("throughput: chargen trained no step; give a longer --throughput-time")
+        ours.append(speed)
     return {
         "baseline_fp32_tokens_per_sec": sum(baseline) / rounds,
         "chargen_tokens_per_sec": sum(ours) / rounds,
@@ -334,6 +337,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=GROUPS, default=list(DEFAULT_GROUPS))
     parser.add_argument("--scale-mb", type=int, default=1000, help="size of the scale corpus")
     args = parser.parse_args()
+    if args.throughput_rounds < 1:
+        raise SystemExit("--throughput-rounds must be at least 1")
     if not args.corpus.is_file():
         raise SystemExit(f"{args.corpus}: no such corpus; pass --corpus")
 

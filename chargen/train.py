@@ -291,10 +291,12 @@ class Trainer:
         return loss
 
     def _generator(self, rows: slice) -> torch.Generator | None:
-        """The source of this step's dropout masks for streams ``rows`` of this process: seeded
-        from the run's seed, the step, the process and the streams, so that the masks do not
-        depend on the worker threads, the order they run in, or where a run was resumed."""
-        if self.model.config.dropout == 0:
+        """The source of this step's dropout masks for streams ``rows`` of this process, when
+        worker threads share the streams: seeded from the run's seed, the step, the process and
+        the group's first stream, so that the masks depend neither on which thread runs the
+        group, nor when, nor on a resume. One worker draws from torch's global generator (which
+        checkpoints save), with torch's own fused dropout."""
+        if self.model.config.dropout == 0 or self.workers.count == 1:
             return None
         generator = torch.Generator(self.device)
         key = [self.config.seed, self.state.step, self.world.rank, rows.start]

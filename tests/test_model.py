@@ -107,6 +107,25 @@ def test_stepper_multiplies_afresh_for_a_state_it_did_not_return(cell):
     assert torch.allclose(got, expected, atol=1e-6)
 
 
+def test_chained_stepper_reuses_the_product_made_ahead():
+    model = make("lstm", num_layers=2)
+    ids = torch.randint(0, 11, (4, 6))
+
+    def products(chained):
+        step, hidden, calls = Stepper(model, chained=chained), model.init_hidden(4), []
+        original = step._matmul_add
+        step._matmul_add = lambda *args: calls.append(1) or original(*args)
+        with torch.no_grad():
+            for t in range(6):
+                _, hidden = step(ids[:, t], hidden)
+        return len(calls)
+
+    # plain: per step two recurrent products, one between the layers, one output product;
+    # chained: the last layer's recurrence comes with the output product, after the first step
+    assert products(chained=False) == 6 * 4
+    assert products(chained=True) == 6 * 2 + 1
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_bf16_stepper_stays_close_to_the_float32_one(cell):
     model = make(cell, num_layers=2)

@@ -275,7 +275,22 @@ def test_dropout_between_layers_refuses_worker_threads():
     with Workers(2, threads_each=1) as workers, pytest.raises(ValueError, match="dropout"):
         make_trainer(VERSE * 5, dropout=0.2, layers=2, workers=workers)
     with Workers(2, threads_each=1) as workers:
-        assert make_trainer(VERSE * 5, dropout=0.2, layers=1, workers=workers)
+        trainer = make_trainer(VERSE * 5, dropout=0.2, layers=1, workers=workers)
+        assert trainer.workers.count == 2 and not trainer.model.draws_from_global_random
+
+
+def test_dropout_masks_on_worker_threads_differ_by_step_and_group():
+    with Workers(2, threads_each=1) as workers:
+        trainer = make_trainer(VERSE * 5, dropout=0.2, layers=1, workers=workers)
+
+        def draws(rows):
+            return torch.rand(8, generator=trainer._generator(rows))
+
+        first, second = draws(slice(0, 4)), draws(slice(4, 8))
+        assert torch.equal(first, draws(slice(0, 4)))  # the same step and group: the same masks
+        assert not torch.equal(first, second)
+        trainer.state.step += 1
+        assert not torch.equal(first, draws(slice(0, 4)))
 
 
 def test_bf16_steps_on_worker_threads_match_one_thread():
