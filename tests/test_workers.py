@@ -1,9 +1,17 @@
+import os
+import threading
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chargen.workers import Workers, plan, split_rows
+from chargen.workers import Workers, cores_to_pin, plan, split_rows
+
+pinning = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs per-thread CPU affinity and two CPUs",
+)
 
 
 @given(rows=st.integers(0, 300), parts=st.integers(1, 16))
@@ -64,3 +72,29 @@ def test_plan_gives_a_cpu_a_worker_per_thread_for_enough_streams(
         assert workers.count == count
         if count > 1:
             assert workers.map(lambda rows: torch.get_num_threads(), rows) == [4 // count] * count
+
+
+@pinning
+def test_workers_that_take_every_cpu_stay_one_on_each():
+    allowed = sorted(os.sched_getaffinity(0))
+    everyone = threading.Barrier(len(allowed), timeout=60)
+
+    def where(rows):
+        everyone.wait()  # one group per thread
+        return os.sched_getaffinity(0)
+
+    with Workers(len(allowed), threads_each=1) as workers:
+        seen = workers.map(where, len(allowed))
+    assert sorted(cpu for cpus in seen for cpu in cpus) == allowed
+    assert sorted(os.sched_getaffinity(0)) == allowed  # the calling thread stays free
+
+
+@pinning
+def test_fewer_workers_than_cpus_or_several_threads_each_pin_nothing():
+    count = len(os.sched_getaffinity(0))
+    assert cores_to_pin(count, 1) == sorted(os.sched_getaffinity(0))
+    assert cores_to_pin(count - 1, 1) is None
+    assert cores_to_pin(count, 2) is None
+    with Workers(count - 1 or 1, threads_each=1) as workers:
+        seen = workers.map(lambda rows: os.sched_getaffinity(0), count - 1)
+    assert all(cpus == os.sched_getaffinity(0) for cpus in seen)
