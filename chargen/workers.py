@@ -13,6 +13,7 @@ Results are combined in group order, so a run with a given number of workers is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -65,7 +66,8 @@ class Workers:
                 torch.get_num_threads()
                 torch.set_num_threads(threads)
             if cores is not None:
-                os.sched_setaffinity(0, {cores[k]})  # 0: this thread
+                with contextlib.suppress(OSError):  # a sandbox may refuse: run unpinned then
+                    os.sched_setaffinity(0, {cores[k]})  # 0: this thread
             everyone.wait()  # each task holds its thread until all threads exist
 
         list(self._pool.map(start, range(self.count)))

@@ -98,3 +98,15 @@ def test_fewer_workers_than_cpus_or_several_threads_each_pin_nothing():
     with Workers(count - 1 or 1, threads_each=1) as workers:
         seen = workers.map(lambda rows: os.sched_getaffinity(0), count - 1)
     assert all(cpus == os.sched_getaffinity(0) for cpus in seen)
+
+
+@pinning
+def test_a_system_that_refuses_pinning_leaves_workers_unpinned(monkeypatch):
+    def refuse(pid, cpus):
+        raise PermissionError("not here")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    allowed = os.sched_getaffinity(0)
+    with Workers(len(allowed), threads_each=1) as workers:
+        seen = workers.map(lambda rows: os.sched_getaffinity(0), len(allowed))
+    assert all(cpus == allowed for cpus in seen)
