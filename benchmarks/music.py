@@ -118,9 +118,9 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="build corpora/folk.abc again")
     parser.add_argument(
         "--train-args",
-        default="--lr 6e-3 --warmup 20 --min-lr-frac 0.1 --weight-decay 0",
+        default="--lr 6e-3 --warmup 20 --min-lr-frac 0.1 --weight-decay 0 --schedule cosine",
         help="more chargen train options (default: --lr 6e-3 --warmup 20 --min-lr-frac 0.1 "
-        "--weight-decay 0, "
+        "--weight-decay 0 --schedule cosine, "
         "the settings the README's figures were measured with)",
     )
     parser.add_argument(

@@ -118,7 +118,8 @@ class Run:
 
     @property
     def train_config(self) -> TrainConfig:
-        return from_dict(TrainConfig, self.info["train"])
+        # Runs saved before the schedule was a setting decayed along a cosine.
+        return from_dict(TrainConfig, {"schedule": "cosine", **self.info["train"]})
 
     @property
     def level(self) -> str:

@@ -20,7 +20,15 @@ import click
 from click.core import ParameterSource
 
 from chargen import __version__
-from chargen.config import CELLS, LEVELS, ModelConfig, SampleConfig, TrainConfig, parse_duration
+from chargen.config import (
+    CELLS,
+    LEVELS,
+    SCHEDULES,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+    parse_duration,
+)
 from chargen.errors import ChargenError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -269,11 +277,26 @@ _MODEL_FIELDS = {"layers": "num_layers", "hidden": "hidden_size", "embedding": "
     "learns to begin anywhere (0: never; ABC tunes always start from zero).",
 )
 @click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    default=_D.schedule,
+    show_default=True,
+    help="Learning rate after the warm-up: wsd holds the peak, then decays linearly over the "
+    "last --decay-frac of the run; cosine decays from the start.",
+)
+@click.option(
+    "--decay-frac",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=_D.decay_frac,
+    show_default=True,
+    help="wsd: the last part of the run (by --time, --max-steps or --epochs) that decays.",
+)
+@click.option(
     "--min-lr-frac",
     type=click.FloatRange(0, 1),
     default=_D.min_lr_frac,
     show_default=True,
-    help="Where the cosine decay ends, as a fraction of the peak learning rate.",
+    help="Where the decay ends, as a fraction of the peak learning rate.",
 )
 @click.option(
     "--clip",

@@ -21,6 +21,9 @@ CELLS = ("rnn", "lstm", "gru")
 LEVELS = ("char", "word", "abc")
 """Tokenizer levels; ``chargen.tokenizer`` maps each to its builder."""
 
+SCHEDULES = ("wsd", "cosine")
+"""Learning-rate schedules after the warm-up: warm-up, stable, decay; or cosine decay."""
+
 
 OPTION_NAMES = {
     "seq_len": "--window",
@@ -84,7 +87,9 @@ class TrainConfig:
     lr: float = 8e-3  # AdamW peak rate; high, with short warm-up, wins on a 2-minute budget
     weight_decay: float = 0.1  # AdamW decoupled; without it, 4 epochs of a 1 MB corpus overfit
     warmup_steps: int = 20  # linear warm-up avoids early blow-ups from Adam's fresh moments
-    min_lr_frac: float = 0.0  # cosine decay ends at this fraction of the peak rate
+    schedule: str = "wsd"  # after warm-up: the peak, then a linear decay (wsd), or cosine
+    decay_frac: float = 0.6  # wsd: the last part of the run that decays (40% at the peak won)
+    min_lr_frac: float = 0.0  # the decay ends at this fraction of the peak rate
     clip: float = 1.0  # gradient-norm clipping against exploding gradients (Pascanu et al. 2013)
     val_frac: float = 0.1  # the end of the corpus held out for validation
     eval_every: int = 500  # steps between validation passes (and checkpoint saves)
@@ -118,6 +123,12 @@ class TrainConfig:
             raise UsageError(f"epochs must be positive, got {self.epochs}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise UsageError(f"time limit must be positive, got {self.time_limit}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(
+                f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
+            )
+        if not 0.0 < self.decay_frac <= 1.0:
+            raise UsageError(f"decay_frac must be in (0, 1], got {self.decay_frac}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UsageError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
@@ -177,6 +188,7 @@ def parse_duration(text: str) -> float:
 __all__ = [
     "CELLS",
     "LEVELS",
+    "SCHEDULES",
     "ModelConfig",
     "SampleConfig",
     "TrainConfig",

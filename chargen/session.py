@@ -19,7 +19,7 @@ import torch
 from chargen import checkpoint
 from chargen import corpus as corpus_module
 from chargen.abc_notation import TUNE_END
-from chargen.config import ModelConfig, TrainConfig, from_dict, option_name, to_dict
+from chargen.config import ModelConfig, TrainConfig, option_name, to_dict
 from chargen.data import Batches, Stream, piece_starts
 from chargen.device import pick_device, set_threads, use_bf16
 from chargen.distributed import World, barrier, init_from_env
@@ -84,7 +84,7 @@ def start_training(
     if resume:
         run = checkpoint.resolve_run(name, root)
         model_config = run.model_config
-        saved = from_dict(TrainConfig, run.info["train"])
+        saved = run.train_config
         changed = [
             field
             for field, value in given.items()

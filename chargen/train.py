@@ -223,12 +223,18 @@ class Trainer:
         return min(max(fractions), 1.0)
 
     def learning_rate(self) -> float:
-        """Linear warm-up, then cosine decay to ``min_lr_frac`` of the peak at the end."""
+        """Linear warm-up, then down to ``min_lr_frac`` of the peak at the end: ``wsd`` holds
+        the peak until the last ``decay_frac`` of the run and decays linearly over it
+        (warm-up, stable, decay: Hu et al. 2024, MiniCPM; Hägele et al. 2024); ``cosine``
+        decays along half a cosine from the start."""
         peak = self.config.lr
         if self.state.step < self.config.warmup_steps:
             return peak * (self.state.step + 1) / self.config.warmup_steps
         floor = peak * self.config.min_lr_frac
-        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * self.progress()))
+        if self.config.schedule == "cosine":
+            return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * self.progress()))
+        left = 1.0 - self.progress()  # of the run
+        return floor + (peak - floor) * min(1.0, left / self.config.decay_frac)
 
     def _limit_reached(self) -> str | None:
         if self.max_steps is not None and self.state.step >= self.max_steps:

@@ -115,6 +115,15 @@ def test_newer_format_is_refused(tmp_path):
         checkpoint.open_run(run.path)
 
 
+def test_a_run_saved_before_schedules_were_a_setting_resumes_on_its_cosine(tmp_path):
+    run, _ = saved_run(tmp_path)
+    assert checkpoint.open_run(run.path).train_config.schedule == "wsd"  # as saved
+    info = json.loads(run.file("run.json").read_text())
+    del info["train"]["schedule"]
+    run.file("run.json").write_text(json.dumps(info))
+    assert checkpoint.open_run(run.path).train_config.schedule == "cosine"
+
+
 def test_missing_tokenizer_is_a_clear_error(tmp_path):
     run, _ = saved_run(tmp_path)
     run.file("tokenizer.json").unlink()

@@ -120,6 +120,24 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
     assert trainer.learning_rate() == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize(
+    ("schedule", "progress", "left_of_the_decay"),
+    [
+        ("wsd", 0.3, 1.0),  # before the last 60%: the peak
+        ("wsd", 0.7, 0.5),  # half-way down the straight line
+        ("wsd", 1.0, 0.0),
+        ("cosine", 0.5, 0.5),
+        ("cosine", 0.25, 0.5 * (1 + math.cos(math.pi / 4))),
+    ],
+)
+def test_learning_rate_schedules_after_the_warm_up(schedule, progress, left_of_the_decay):
+    trainer = make_trainer(
+        VERSE * 10, max_steps=100, warmup_steps=5, lr=1e-2, min_lr_frac=0.1, schedule=schedule
+    )
+    trainer.state.step = round(100 * progress)
+    assert trainer.learning_rate() == pytest.approx(1e-3 + 9e-3 * left_of_the_decay)
+
+
 def test_epochs_limit_counts_passes_over_the_training_tokens():
     trainer = make_trainer(VERSE * 10, max_steps=None, epochs=2)
     state = trainer.run()
