@@ -118,9 +118,10 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="build corpora/folk.abc again")
     parser.add_argument(
         "--train-args",
-        default="--lr 6e-3 --warmup 20 --min-lr-frac 0.1 --weight-decay 0 --schedule cosine",
+        default="--lr 6e-3 --warmup 20 --min-lr-frac 0.1 --weight-decay 0 --schedule cosine "
+        "--beta1 0.9",
         help="more chargen train options (default: --lr 6e-3 --warmup 20 --min-lr-frac 0.1 "
-        "--weight-decay 0 --schedule cosine, "
+        "--weight-decay 0 --schedule cosine --beta1 0.9, "
         "the settings the README's figures were measured with)",
     )
     parser.add_argument(

@@ -118,8 +118,9 @@ class Run:
 
     @property
     def train_config(self) -> TrainConfig:
-        # Runs saved before the schedule was a setting decayed along a cosine.
-        return from_dict(TrainConfig, {"schedule": "cosine", **self.info["train"]})
+        # Runs saved before these were settings: a cosine decay, AdamW's betas (0.9, 0.99).
+        before = {"schedule": "cosine", "beta1": 0.9, "beta2": 0.99}
+        return from_dict(TrainConfig, before | self.info["train"])
 
     @property
     def level(self) -> str:

@@ -262,6 +262,20 @@ _MODEL_FIELDS = {"layers": "num_layers", "hidden": "hidden_size", "embedding": "
     "--weight-decay", type=click.FloatRange(0), default=_D.weight_decay, show_default=True
 )
 @click.option(
+    "--beta1",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=_D.beta1,
+    show_default=True,
+    help="AdamW's decay of its gradient average (momentum).",
+)
+@click.option(
+    "--beta2",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=_D.beta2,
+    show_default=True,
+    help="AdamW's decay of its squared-gradient average.",
+)
+@click.option(
     "--warmup",
     type=click.IntRange(0),
     default=_D.warmup_steps,

@@ -16,7 +16,7 @@ from chargen.train import Trainer
 from tests.conftest import VERSE
 
 
-def saved_run(root, cell="lstm", layers=1, hidden=16, tie=False, name="r"):
+def saved_run(root, cell="lstm", layers=1, hidden=16, tie=False, name="r", **train_changes):
     tokenizer = Tokenizer.train(VERSE, "char")
     config = ModelConfig(
         cell=cell,
@@ -26,7 +26,9 @@ def saved_run(root, cell="lstm", layers=1, hidden=16, tie=False, name="r"):
         embedding_dim=hidden if tie else 8,
         tie_weights=tie,
     )
-    train = TrainConfig(batch_size=2, seq_len=8, max_steps=3, eval_every=3, precision="fp32")
+    train = TrainConfig(
+        batch_size=2, seq_len=8, max_steps=3, eval_every=3, precision="fp32", **train_changes
+    )
     torch.manual_seed(0)
     model = RNNLanguageModel(config)
     trainer = Trainer(
@@ -115,13 +117,18 @@ def test_newer_format_is_refused(tmp_path):
         checkpoint.open_run(run.path)
 
 
-def test_a_run_saved_before_schedules_were_a_setting_resumes_on_its_cosine(tmp_path):
-    run, _ = saved_run(tmp_path)
-    assert checkpoint.open_run(run.path).train_config.schedule == "wsd"  # as saved
+def test_a_run_saved_before_the_schedule_and_betas_were_settings_resumes_on_the_old_ones(
+    tmp_path,
+):
+    run, _ = saved_run(tmp_path, beta1=0.7)
+    config = checkpoint.open_run(run.path).train_config
+    assert (config.schedule, config.beta1, config.beta2) == ("wsd", 0.7, 0.99)  # as saved
     info = json.loads(run.file("run.json").read_text())
-    del info["train"]["schedule"]
+    for field in ("schedule", "beta1", "beta2"):
+        del info["train"][field]
     run.file("run.json").write_text(json.dumps(info))
-    assert checkpoint.open_run(run.path).train_config.schedule == "cosine"
+    config = checkpoint.open_run(run.path).train_config
+    assert (config.schedule, config.beta1, config.beta2) == ("cosine", 0.9, 0.99)
 
 
 def test_missing_tokenizer_is_a_clear_error(tmp_path):

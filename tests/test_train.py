@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from chargen import checkpoint
-from chargen.config import CELLS, LEVELS
+from chargen.config import CELLS, LEVELS, TrainConfig
 from chargen.data import Batches, Stream, piece_starts, split_text
-from chargen.errors import TrainingDiverged
+from chargen.errors import TrainingDiverged, UsageError
 from chargen.model import RNNLanguageModel
 from chargen.tokenizer import Tokenizer
 from chargen.train import Trainer, evaluate
@@ -136,6 +136,22 @@ def test_learning_rate_schedules_after_the_warm_up(schedule, progress, left_of_t
     )
     trainer.state.step = round(100 * progress)
     assert trainer.learning_rate() == pytest.approx(1e-3 + 9e-3 * left_of_the_decay)
+
+
+def test_adamw_averages_with_the_configured_betas():
+    trainer = make_trainer(VERSE * 10, max_steps=1, beta1=0.5, beta2=0.75)
+    trainer.train_step()
+    for parameter in trainer.params:
+        moments = trainer.optimizer.state[parameter]
+        assert torch.allclose(moments["exp_avg"], 0.5 * parameter.grad)
+        assert torch.allclose(moments["exp_avg_sq"], 0.25 * parameter.grad**2)
+
+
+@pytest.mark.parametrize("field", ["beta1", "beta2"])
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_betas_outside_zero_to_one_are_refused(field, value):
+    with pytest.raises(UsageError, match=f"{field} must be in"):
+        TrainConfig(**{field: value}).validate()
 
 
 def test_epochs_limit_counts_passes_over_the_training_tokens():
