@@ -54,10 +54,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from chargen.abc_notation import TUNE_END, split_tunes
-    from chargen.checkpoint import load_model, resolve_run
-    from chargen.music import build_corpus, music21_corpus_dir
-    from chargen.score import identify
+    import chargen
+    from chargen.music.folk import build_corpus, music21_corpus_dir
+    from chargen.music.notation import TUNE_END, split_tunes
 
     corpus_root = music21_corpus_dir()
     held_out: dict[str, list[str]] = {}
@@ -98,10 +97,10 @@ def main() -> None:
                 check=True,
                 cwd=ROOT,
             )
-        models = {name: load_model(resolve_run(name, scratch / "runs")) for name in TRADITIONS}
+        models = [chargen.load(scratch / "runs" / name) for name in TRADITIONS]
         results = {}
         for name, tunes in held_out.items():
-            right = sum(identify(tune + "\n", models)[0].name == name for tune in tunes)
+            right = sum(chargen.identify(tune + "\n", models)[0].name == name for tune in tunes)
             results[name] = {**counts[name], "correct": right, "accuracy": right / len(tunes)}
     total = sum(r["held_out_tunes"] for r in results.values())
     overall = sum(r["correct"] for r in results.values()) / total

@@ -58,7 +58,7 @@ def check_file(path: Path, env: dict, corpus: Path | None = None) -> tuple[list[
 def corpus_pass_rate(corpus: Path, sample: int, seed: int, work: Path, env: dict) -> dict:
     """Validity of ``sample`` random tunes of ``corpus`` (all of them if it has fewer)."""
     sys.path.insert(0, str(ROOT))
-    from chargen.abc_notation import split_tunes
+    from chargen.music.notation import split_tunes
 
     tunes = split_tunes(corpus.read_text(encoding="utf-8"))
     chosen = random.Random(seed).sample(tunes, min(sample, len(tunes)))

@@ -135,10 +135,10 @@ def bench_throughput(corpus: Path, seconds: float, rounds: int, env: dict) -> di
     """Baseline and chargen in turn, ``rounds`` times each, so that a slow spell of the machine
     falls on both; the speed-up is the ratio of their mean speeds."""
     from chargen.config import ModelConfig, TrainConfig
-    from chargen.tokenizer import Tokenizer
+    from chargen.text.tokenizer import Tokenizer
 
     text = corpus.read_text(encoding="utf-8")
-    tokenizer = Tokenizer.train(text)
+    tokenizer = Tokenizer.from_characters(set(text))
     ids = torch.from_numpy(tokenizer.encode(text))
     model, train = ModelConfig(), TrainConfig()
     baseline, ours = [], []
@@ -171,21 +171,15 @@ def bench_throughput(corpus: Path, seconds: float, rounds: int, env: dict) -> di
 
 def bench_sampling(env: dict) -> dict:
     """Per-token time of short and long samples, one stream and 64, from the default model."""
-    from chargen.checkpoint import load_model, resolve_run
-    from chargen.config import SampleConfig
-    from chargen.sample import generate
+    import chargen
 
-    run = resolve_run("bench", Path(env["CHARGEN_CHECKPOINTS"]))
-    model, tokenizer = load_model(run)
-    prime = tokenizer.encode("ROMEO:").tolist()
+    model = chargen.load("bench", checkpoint_dir=env["CHARGEN_CHECKPOINTS"])
 
     def per_token(length: int, num: int, repeats: int) -> float:
         best = math.inf
         for _ in range(repeats):
-            config = SampleConfig(length=length, num=num, seed=0, temperature=0.8)
             started = time.perf_counter()
-            for _ in generate(model, prime, config):
-                pass
+            model.generate_many(num, "ROMEO:", length, temperature=0.8, seed=0)
             best = min(best, (time.perf_counter() - started) / length)
         return best
 
@@ -231,13 +225,16 @@ def bench_startup(env: dict) -> dict:
 
 
 def bench_tokenize(corpus: Path) -> dict:
-    from chargen.tokenizer import Tokenizer
+    from chargen.text.tokenizer import Tokenizer
 
     text = corpus.read_text(encoding="utf-8")
     megabytes = len(text.encode("utf-8")) / 1e6
     result = {}
     for level in ("char", "word"):
-        tokenizer = Tokenizer.train(text, level)
+        if level == "char":
+            tokenizer = Tokenizer.from_characters(set(text))
+        else:
+            tokenizer = Tokenizer.train_from_chunks([text], level)
         best = math.inf
         for _ in range(3):
             started = time.perf_counter()

@@ -26,18 +26,20 @@ SCHEDULES = ("wsd", "cosine")
 
 
 OPTION_NAMES = {
-    "seq_len": "--window",
-    "time_limit": "--time",
-    "warmup_steps": "--warmup",
-    "num_layers": "--layers",
-    "hidden_size": "--hidden",
-    "embedding_dim": "--embedding",
+    "seq_len": "window",
+    "time_limit": "time",
+    "warmup_steps": "warmup",
+    "num_layers": "layers",
+    "hidden_size": "hidden",
+    "embedding_dim": "embedding",
 }
-"""Config fields whose command-line option is not simply ``--field-name``."""
+"""Config fields whose option (``--window`` on the command line, ``window=`` in Python) is not
+simply the field's name."""
 
 
 def option_name(field: str) -> str:
-    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+    """The command-line option of a config field: ``seq_len`` is ``--window``."""
+    return "--" + OPTION_NAMES.get(field, field).replace("_", "-")
 
 
 def _check_finite(config) -> None:
@@ -167,6 +169,28 @@ class SampleConfig:
             raise UsageError(f"num must be at least 1, got {self.num}")
 
 
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Options named as on the command line (``hidden=512``, ``window=64``, ``time="2m"``) or as
+    config fields (``hidden_size=512``), as the fields of a ``ModelConfig`` and a
+    ``TrainConfig``; an unknown name is a ``UsageError`` that lists the known ones."""
+    fields = {option: field for field, option in OPTION_NAMES.items()}
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    model, train = {}, {}
+    for name, value in options.items():
+        field = fields.get(name, name)
+        if field == "time_limit" and isinstance(value, str):
+            value = parse_duration(value)
+        if field in model_fields:
+            model[field] = value
+        elif field in train_fields:
+            train[field] = value
+        else:
+            known = sorted(OPTION_NAMES.get(f, f) for f in model_fields | train_fields)
+            raise UsageError(f"unknown option {name!r}; known options: {', '.join(known)}")
+    return model, train
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
@@ -198,6 +222,8 @@ __all__ = [
     "SampleConfig",
     "TrainConfig",
     "from_dict",
+    "option_name",
     "parse_duration",
+    "split_options",
     "to_dict",
 ]

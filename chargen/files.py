@@ -1,8 +1,9 @@
-"""Writing files so that a crash never leaves half of one.
+"""Files in and out: the one reader of users' text, and writes that a crash never leaves half done.
 
 Everything is written to a temporary file in the destination's folder, flushed to disk and
-renamed over the destination; readers see the old file or the new one, never a mix. Standard
-library only, so every other module may use it.
+renamed over the destination; readers see the old file or the new one, never a mix. Text is read
+as UTF-8 by ``read_text``, which says where a file is not. Standard library only, so every other
+module may use it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from chargen.errors import CorpusError
+
+BOM = "\ufeff"
 
 
 def _umask() -> int:
@@ -79,3 +84,47 @@ def staged_directory(path: Path, suffix: str = ".new") -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     fsync_dir(path.parent)
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+def read_text(path: str | Path, legacy: bool = False) -> str:
+    """The text of a UTF-8 file, without a leading byte-order mark.
+
+    Raises ``CorpusError`` naming the line and column of the first byte that is not UTF-8; with
+    ``legacy`` (old ABC collections, which predate UTF-8), such a file is read as Latin-1 instead.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorpusError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CorpusError(f"{path}: is a directory, not a text file") from None
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if legacy:
+            return data.decode("latin-1")
+        raise not_utf8(path, data, exc.start) from None
+    return text.removeprefix(BOM)
+
+
+def not_utf8(path, data: bytes, at: int, offset: int = 0, lines: int = 0, line_start: int = 0):
+    """The error for a byte at ``data[at]`` that is not UTF-8, saying where it is.
+
+    ``data`` may be one chunk of a file: ``offset`` is where it starts in the file, ``lines`` the
+    line breaks before it and ``line_start`` the file offset where the current line began.
+    """
+    if b"\x00" in data[:65536]:
+        return CorpusError(f"{path}: looks like a binary file, not UTF-8 text")
+    line = lines + data.count(b"\n", 0, at) + 1
+    newline = data.rfind(b"\n", 0, at)
+    column = offset + at - (offset + newline + 1 if newline >= 0 else line_start) + 1
+    return CorpusError(
+        f"{path}: not UTF-8 text (byte 0x{data[at]:02x} at line {line}, column {column}, "
+        f"offset {offset + at}); convert it, e.g. iconv -f latin1 -t utf-8"
+    )

@@ -49,7 +49,7 @@ def corpus_of(tunes: list[str], copies: int, seed: int = 0) -> str:
     """A training text of ``copies`` tunes drawn from ``tunes`` in a random order, numbered."""
     import random
 
-    from chargen.abc_notation import renumber
+    from chargen.music.notation import renumber
 
     rng = random.Random(seed)
     return "\n\n".join(renumber(rng.choice(tunes), i + 1) for i in range(copies)) + "\n"
@@ -57,11 +57,11 @@ def corpus_of(tunes: list[str], copies: int, seed: int = 0) -> str:
 
 TINY_ABC = [
     "--level", "abc", "--hidden", "64", "--embedding", "16", "--batch-size", "8",
-    "--window", "32", "--max-steps", "200", "--eval-every", "100", "--lr", "1e-2",
+    "--window", "32", "--max-steps", "400", "--eval-every", "200", "--lr", "1e-2",
     "--warmup", "10", "--precision", "fp32", "--weight-decay", "0", "--schedule", "cosine",
     "--beta1", "0.9", "--quiet",
 ]  # fmt: skip
-"""A model that learns the three good tunes well enough in about a second (by heart: no weight
+"""A model that learns the three good tunes well enough in about two seconds (by heart: no weight
 decay; the schedule and momentum its tests were tuned with)."""
 
 

@@ -6,18 +6,18 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargen import checkpoint
 from chargen.config import CELLS, ModelConfig, TrainConfig
-from chargen.data import Batches
 from chargen.errors import CheckpointError, RunExistsError, RunLockedError, UsageError
-from chargen.model import RNNLanguageModel
-from chargen.tokenizer import Tokenizer
-from chargen.train import Trainer
+from chargen.model.rnn import RNNLanguageModel
+from chargen.runs import store as checkpoint
+from chargen.text.batches import Batches
+from chargen.training.trainer import Trainer
 from tests.conftest import VERSE
+from tests.helpers import tokenizer_for
 
 
 def saved_run(root, cell="lstm", layers=1, hidden=16, tie=False, name="r", **train_changes):
-    tokenizer = Tokenizer.train(VERSE, "char")
+    tokenizer = tokenizer_for(VERSE, "char")
     config = ModelConfig(
         cell=cell,
         vocab_size=tokenizer.vocab_size,
@@ -140,7 +140,7 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
 
 def test_tokenizer_and_model_size_mismatch_is_a_clear_error(tmp_path):
     run, _ = saved_run(tmp_path)
-    run.file("tokenizer.json").write_text(Tokenizer.train("ab", "char").to_json())
+    run.file("tokenizer.json").write_text(tokenizer_for("ab", "char").to_json())
     with pytest.raises(CheckpointError, match="tokenizer has 3 tokens but the model expects"):
         checkpoint.load_model(run)
 
@@ -153,7 +153,7 @@ def test_run_names_cannot_escape_the_checkpoint_directory(name):
 
 def test_existing_run_is_not_replaced_without_force(tmp_path):
     run, _ = saved_run(tmp_path)
-    tokenizer = Tokenizer.train(VERSE)
+    tokenizer = tokenizer_for(VERSE)
     with pytest.raises(RunExistsError, match="--resume"):
         checkpoint.create_run(
             tmp_path, "r", tokenizer, ModelConfig(vocab_size=3), TrainConfig(), "x", 0
@@ -193,7 +193,7 @@ def test_a_run_being_trained_cannot_be_locked_replaced_or_removed(tmp_path):
             checkpoint.create_run(
                 tmp_path,
                 "r",
-                Tokenizer.train(VERSE),
+                tokenizer_for(VERSE),
                 run.model_config,
                 run.train_config,
                 "x",

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from chargen import music
-from chargen.abc_notation import headers, split_tunes
-from chargen.tokenizer import Tokenizer
+from chargen.music import export
+from chargen.music.notation import headers, split_tunes
 from tests.abc_fixtures import BROKEN, JIG, REEL, WALTZ, train_tiny_abc
 from tests.cli_helpers import run
+from tests.helpers import tokenizer_for
 
 pytest.importorskip("music21")
 
@@ -177,7 +177,7 @@ def test_impossible_tune_requests_are_usage_errors(folk, args, message):
 
 
 def test_wav_without_a_synthesizer_names_the_package(folk, tmp_path, monkeypatch):
-    monkeypatch.setattr(music.shutil, "which", lambda name: None)
+    monkeypatch.setattr(export.shutil, "which", lambda name: None)
     result = run("sample", folk, "--midi", tmp_path / "o", "--wav")
     assert result.exit_code == 1
     assert "--wav needs timidity (Debian package timidity)" in result.stderr
@@ -194,7 +194,7 @@ def test_music21_folk_corpus_builds_and_round_trips_through_the_abc_tokenizer(tm
     counts = json.loads(result.stdout)
     assert counts["tunes_read"] > 12_000 and counts["written"] > 11_000
     text = out.read_text(encoding="utf-8")
-    tokenizer = Tokenizer.train(text, "abc")
+    tokenizer = tokenizer_for(text, "abc")
     ids = tokenizer.encode(text)
     assert 0 not in ids.tolist() and tokenizer.decode(ids) == text
     assert run("corpus", "folk", "-o", tmp_path / "again.abc").exit_code == 0

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from chargen import checkpoint
+from chargen.runs import store as checkpoint
 from tests.cli_helpers import run
 
 TRAIN = [

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from chargen import checkpoint
+from chargen.runs import store as checkpoint
 from tests.abc_fixtures import GOOD, corpus_of
 
 ARGS = [

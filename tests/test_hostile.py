@@ -25,7 +25,8 @@ def test_odd_but_valid_corpora_train_and_sample(tmp_path, name, content):
     path.write_bytes(content)
     train(path, "odd")
     result = run("sample", "odd", "--length", "40", "--seed", "0")
-    assert result.exit_code == 0 and len(result.stdout) == 41
+    text = result.stdout_bytes.decode()  # .stdout would turn each "\r\n" into "\n"
+    assert result.exit_code == 0 and len(text) == 41
     assert "\ufeff" not in result.stdout  # the byte order mark is not part of the text
 
 

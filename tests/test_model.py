@@ -3,7 +3,8 @@ import torch
 
 from chargen.config import CELLS, ModelConfig
 from chargen.errors import UsageError
-from chargen.model import CELL_TYPES, RNNLanguageModel, Stepper, detach_hidden, select_hidden
+from chargen.model.rnn import CELL_TYPES, RNNLanguageModel, detach_hidden, select_hidden
+from chargen.model.stepper import Stepper
 
 
 def make(cell, **changes):

@@ -2,21 +2,20 @@ import time
 
 import pytest
 
-from chargen import music
-from chargen.abc_notation import split_tunes
 from chargen.errors import CorpusError, MusicError
-from chargen.music import (
-    NoveltyIndex,
-    abc_files,
-    build_corpus,
-    check_text,
-    check_tune,
-    summarize,
-    write_midi,
-)
+from chargen.music import export
+from chargen.music.check import check_tune, summarize
+from chargen.music.export import write_midi
+from chargen.music.folk import abc_files, build_corpus
+from chargen.music.notation import split_tunes
+from chargen.music.novelty import NoveltyIndex
 from tests.abc_fixtures import BROKEN, GOOD, JIG, REEL, WALTZ
 
 music21 = pytest.importorskip("music21")
+
+
+def check_text(text: str, parse: bool = True, timeout: float = 10.0):
+    return [check_tune(t, i + 1, parse, timeout) for i, t in enumerate(split_tunes(text))]
 
 
 @pytest.fixture
@@ -157,23 +156,23 @@ def test_midi_of_an_unreadable_tune_is_a_music_error(tmp_path):
 
 
 def test_missing_tools_are_named_with_their_debian_packages(monkeypatch, tmp_path):
-    monkeypatch.setattr(music.shutil, "which", lambda name: None)
+    monkeypatch.setattr(export.shutil, "which", lambda name: None)
     with pytest.raises(MusicError, match=r"--wav needs timidity \(Debian package timidity\)"):
-        music.write_wav(tmp_path / "x.mid", tmp_path / "x.wav")
+        export.write_wav(tmp_path / "x.mid", tmp_path / "x.wav")
     with pytest.raises(MusicError, match=r"--svg needs abcm2ps \(Debian package abcm2ps\)"):
-        music.write_svg(JIG, tmp_path / "x.svg")
+        export.write_svg(JIG, tmp_path / "x.svg")
 
 
-@pytest.mark.skipif(not music.shutil.which("abcm2ps"), reason="abcm2ps is not installed")
+@pytest.mark.skipif(not export.shutil.which("abcm2ps"), reason="abcm2ps is not installed")
 def test_svg_sheet_music_is_written(tmp_path):
-    path = music.write_svg(JIG, tmp_path / "jig.svg")
+    path = export.write_svg(JIG, tmp_path / "jig.svg")
     assert path.read_text().lstrip().startswith("<?xml") and "<svg" in path.read_text()
 
 
-@pytest.mark.skipif(not music.shutil.which("timidity"), reason="timidity is not installed")
+@pytest.mark.skipif(not export.shutil.which("timidity"), reason="timidity is not installed")
 def test_wav_is_rendered_from_midi(tmp_path):
     midi = write_midi(JIG, tmp_path / "jig.mid")
-    wav = music.write_wav(midi, tmp_path / "jig.wav")
+    wav = export.write_wav(midi, tmp_path / "jig.wav")
     assert wav.read_bytes()[:4] == b"RIFF" and wav.stat().st_size > 10_000
 
 

@@ -4,19 +4,20 @@ import pytest
 import torch
 
 from chargen.config import TrainConfig
-from chargen.data import Batches, Stream
-from chargen.model import RNNLanguageModel
-from chargen.score import identify, score_texts
-from chargen.tokenizer import Tokenizer
-from chargen.train import Trainer, evaluate
+from chargen.generation.scoring import identify, score_texts
+from chargen.model.rnn import RNNLanguageModel
+from chargen.text.batches import Batches, Stream
+from chargen.training.evaluate import evaluate
+from chargen.training.trainer import Trainer
 from tests.conftest import tiny_model
+from tests.helpers import tokenizer_for
 
 SEA = "the sea rolls over the sand and the tide runs home to the harbour wall\n" * 30
 HILL = "up the hill the goats climb slow, the bells ring low in the valley below\n" * 30
 
 
 def trained_on(text):
-    tokenizer = Tokenizer.train(SEA + HILL)  # one alphabet, so both models see every character
+    tokenizer = tokenizer_for(SEA + HILL)  # one alphabet, so both models see every character
     torch.manual_seed(0)
     model = RNNLanguageModel(tiny_model("gru", vocab_size=tokenizer.vocab_size))
     config = TrainConfig(

@@ -4,16 +4,17 @@ import time
 import pytest
 import torch
 
-from chargen import checkpoint
 from chargen.config import CELLS, LEVELS, TrainConfig
-from chargen.data import Batches, Stream, piece_starts, split_text
 from chargen.errors import TrainingDiverged, UsageError
-from chargen.model import RNNLanguageModel
-from chargen.tokenizer import Tokenizer
-from chargen.train import Trainer, evaluate
-from chargen.workers import Workers
+from chargen.model.rnn import RNNLanguageModel
+from chargen.runs import store as checkpoint
+from chargen.text.batches import Batches, Stream, piece_starts
+from chargen.training.evaluate import evaluate
+from chargen.training.trainer import Trainer
+from chargen.training.workers import Workers
 from tests.abc_fixtures import GOOD
 from tests.conftest import VERSE, tiny_model, tiny_train
+from tests.helpers import split_text, tokenizer_for
 
 
 def make_trainer(
@@ -23,7 +24,7 @@ def make_trainer(
     config = tiny_train(level=level, **train_changes)
     torch.manual_seed(config.seed)
     train_text, val_text = split_text(text, config.val_frac)
-    tokenizer = Tokenizer.train(train_text, level)
+    tokenizer = tokenizer_for(train_text, level)
     layers = layers or (2 if dropout else 1)
     model = RNNLanguageModel(
         tiny_model(cell, vocab_size=tokenizer.vocab_size, dropout=dropout, num_layers=layers)
@@ -209,7 +210,7 @@ def restored_from_a_save(interrupted, text, folder, make):
     run = checkpoint.create_run(
         folder,
         "r",
-        Tokenizer.train(split_text(text, 0.1)[0]),
+        tokenizer_for(split_text(text, 0.1)[0]),
         interrupted.model.config,
         interrupted.config,
         "verse",

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chargen.workers import Workers, cores_to_pin, plan, split_rows
+from chargen.training.workers import Workers, cores_to_pin, plan, split_rows
 
 pinning = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,

@@ -1,0 +1,365 @@
+"""The objects of the public Python API: a loaded model that generates, scores and writes tunes,
+and the functions that load, train, list and compare runs.
+
+``import chargen`` exposes what is here (``chargen.__all__``). Nothing here prints; everything a
+user can fix raises a ``chargen.ChargenError`` subclass. The command line and the web server are
+built on these same calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chargen.config import ModelConfig, SampleConfig, TrainConfig, split_options
+from chargen.errors import UsageError
+from chargen.generation import text as text_generation
+from chargen.generation.engine import Engine
+from chargen.generation.scoring import Ranked, score_texts
+from chargen.generation.scoring import identify as rank_models
+from chargen.generation.text import Sample
+from chargen.metrics import Score
+from chargen.model.device import pick_device
+from chargen.model.rnn import RNNLanguageModel
+from chargen.music.check import TuneCheck, check_tune
+from chargen.music.tunes import (
+    TUNE_CAP,
+    TUNE_TEMPERATURE,
+    Tune,
+    generate_tunes,
+    generate_valid_tunes,
+    is_tune_model,
+    numbered,
+    tune_request,
+)
+from chargen.runs import session, store
+from chargen.runs.session import TrainingSummary
+from chargen.text.batches import Stream
+from chargen.text.corpus import PhaseProgress
+from chargen.text.tokenizer import Tokenizer
+from chargen.training.evaluate import evaluate
+from chargen.training.trainer import Trainer
+from chargen.training.workers import plan as plan_workers
+
+PathLike = str | os.PathLike
+
+
+class Model:
+    """A trained model, loaded from its run, ready to generate and score text.
+
+    Get one with ``chargen.load``. ``module`` is the torch model (in eval mode) and ``tokenizer``
+    turns text into its tokens and back.
+    """
+
+    def __init__(
+        self,
+        run: store.Run,
+        module: RNNLanguageModel,
+        tokenizer: Tokenizer,
+        device: torch.device,
+        weights: str,
+    ):
+        self.run = run
+        self.module = module
+        self.tokenizer = tokenizer
+        self.device = device
+        self.weights = weights  # "best" or "last": which weights were loaded
+
+    def __repr__(self) -> str:
+        return f"<chargen.Model {self.name!r} ({self.level}, {self.weights} weights)>"
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def level(self) -> str:
+        """The tokenizer level: ``char``, ``word`` or ``abc``."""
+        return self.tokenizer.level
+
+    @property
+    def writes_tunes(self) -> bool:
+        """Whether the model was trained on ABC tunes, so that ``tunes`` applies."""
+        return is_tune_model(self.tokenizer, self.run.info.get("corpus"))
+
+    # ------------------------------------------------------------------ text
+
+    def generate(
+        self,
+        prompt: str = "",
+        length: int = 500,
+        *,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | None = None,
+    ) -> str:
+        """The prompt followed by ``length`` tokens of the model's continuation (fewer if
+        ``stop`` appears: the text ends before it)."""
+        config = SampleConfig(length, temperature, top_k, top_p, 1, seed, prompt, stop)
+        return self.generate_many(config=config)[0].text
+
+    def stream(
+        self,
+        prompt: str = "",
+        length: int = 500,
+        *,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | None = None,
+    ) -> Iterator[str]:
+        """The same text as ``generate`` gives, in pieces as they are made, the prompt first.
+        Breaking out of the loop stops the generation."""
+        config = SampleConfig(length, temperature, top_k, top_p, 1, seed, prompt, stop)
+        return text_generation.stream(self.module, self.tokenizer, config, self.device)
+
+    def generate_many(
+        self,
+        num: int = 1,
+        prompt: str = "",
+        length: int = 500,
+        *,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | None = None,
+        config: SampleConfig | None = None,
+        on_text: Callable[[int, str], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[Sample]:
+        """``num`` samples generated together as one batch, each with its text, its token count
+        and its mean log-probability. ``config`` gives every setting at once instead;
+        ``on_text(i, piece)`` receives sample ``i``'s text as it is made; ``should_stop`` is
+        asked after every token and ends every sample when it says yes."""
+        if config is None:
+            config = SampleConfig(length, temperature, top_k, top_p, num, seed, prompt, stop)
+        return text_generation.sample(
+            self.module, self.tokenizer, config, self.device, on_text, should_stop
+        )
+
+    def beam(
+        self,
+        prompt: str = "",
+        length: int = 80,
+        width: int = 8,
+        *,
+        stop: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Sample:
+        """The likeliest continuation a beam of ``width`` finds: safe, often repetitive text."""
+        if length < 1:
+            raise UsageError(f"length must be at least 1, got {length}")
+        return text_generation.beam(
+            self.module, self.tokenizer, prompt, width, length, stop, self.device, should_stop
+        )
+
+    def engine(self) -> Engine:
+        """A generation engine of this model, for callers that schedule sequences themselves
+        (continuous batching in a server)."""
+        return Engine(self.module, self.device)
+
+    # ------------------------------------------------------------------ scores
+
+    def score(self, text: str) -> Score:
+        """How well the model predicts ``text``: nats per token, bits per character and
+        perplexity. Long texts are scored as parallel streams, each from a zero state."""
+        stream = Stream.of(self.tokenizer, text)
+        with plan_workers(self.device, rows=64) as workers:
+            return evaluate(self.module, stream, self.device, workers=workers)
+
+    def score_lines(self, lines: Sequence[str]) -> list[Score]:
+        """The score of each line (or short text) on its own, each predicted from a line start."""
+        return score_texts(self.module, self.tokenizer, list(lines), self.device)
+
+    # ------------------------------------------------------------------ tunes
+
+    def tunes(
+        self,
+        num: int = 1,
+        *,
+        meter: str | None = None,
+        key: str | None = None,
+        prime: str = "",
+        temperature: float = TUNE_TEMPERATURE,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        length: int = TUNE_CAP,
+        valid_only: bool = False,
+        check: bool = False,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[Tune]:
+        """``num`` complete ABC tunes, numbered from 1, each ended by the model or cut at
+        ``length`` tokens. ``meter`` and ``key`` (or header lines in ``prime``, and music after
+        them) are imposed on every tune. ``valid_only`` resamples tunes that fail the check;
+        with it or ``check``, each tune carries its ``TuneCheck``."""
+        if not self.writes_tunes:
+            raise UsageError(
+                f"{self.name} is a text model, not a tune model; train one with --level abc "
+                "on an ABC corpus (chargen corpus folk)"
+            )
+        fields, music = tune_request(prime, meter, key)
+        config = SampleConfig(length, temperature, top_k, top_p, num, seed)
+        model, tokenizer, device = self.module, self.tokenizer, self.device
+        if valid_only:
+            tunes = generate_valid_tunes(
+                model,
+                tokenizer,
+                config,
+                lambda tune: check_tune(tune.text).valid,
+                fields,
+                music,
+                device,
+                should_stop=should_stop,
+            )
+        else:
+            tunes = generate_tunes(model, tokenizer, config, fields, music, device, should_stop)
+        tunes = numbered(tunes)
+        if valid_only or check:
+            tunes = [replace(t, check=check_tune(t.text, i + 1)) for i, t in enumerate(tunes)]
+        return tunes
+
+
+def load(
+    run: PathLike,
+    *,
+    weights: str = "best",
+    device: str = "cpu",
+    checkpoint_dir: PathLike | None = None,
+) -> Model:
+    """A trained model by run name (looked up in ``checkpoint_dir``, else
+    ``$CHARGEN_CHECKPOINTS``, else ``./checkpoints``) or by the path of its run directory.
+
+    ``weights`` is ``best`` (the lowest validation loss) or ``last``; ``device`` is ``cpu``,
+    ``cuda``, ``mps`` or ``auto``.
+    """
+    found = store.resolve_run(os.fspath(run), store.checkpoint_root(checkpoint_dir))
+    torch_device = pick_device(device)
+    module, tokenizer = store.load_model(found, weights, torch_device)
+    loaded = store.weights_path(found, weights).stem  # "best" falls back to "last"
+    return Model(found, module, tokenizer, torch_device, loaded)
+
+
+def latest(checkpoint_dir: PathLike | None = None, **options: Any) -> Model:
+    """The most recently updated run's model; ``options`` as for ``load``."""
+    found = store.resolve_run(None, store.checkpoint_root(checkpoint_dir))
+    return load(found.path, **options)
+
+
+def runs(checkpoint_dir: PathLike | None = None) -> list[store.Run]:
+    """The readable runs in the checkpoint directory, most recently updated first."""
+    return store.list_runs(store.checkpoint_root(checkpoint_dir))
+
+
+def identify(
+    text: str,
+    models: Sequence[PathLike | Model] | None = None,
+    *,
+    weights: str = "best",
+    checkpoint_dir: PathLike | None = None,
+) -> list[Ranked]:
+    """Models ranked by how likely they find ``text``, best first, each with a confidence (the
+    softmax of the models' log-likelihoods of the whole text). ``models`` are run names, run
+    directories or loaded models; by default, every run in the checkpoint directory."""
+    if models is None:
+        models = [run.path for run in runs(checkpoint_dir)]
+    loaded = [
+        m if isinstance(m, Model) else load(m, weights=weights, checkpoint_dir=checkpoint_dir)
+        for m in models
+    ]
+    if len(loaded) < 2:
+        raise UsageError(f"identify compares at least two models; found {len(loaded)}")
+    return rank_models(text, {m.name: (m.module, m.tokenizer) for m in loaded})
+
+
+def train(
+    corpus: PathLike | Sequence[PathLike] | None = None,
+    name: str | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    checkpoint_dir: PathLike | None = None,
+    on_step: Callable[[Trainer], None] | None = None,
+    on_eval: Callable[[Trainer, Score | None], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: PhaseProgress | None = None,
+    **options: Any,
+) -> TrainingSummary:
+    """Train a model on ``corpus`` (files, folders or glob patterns) as run ``name`` (default:
+    the first file's name), or continue run ``name`` with ``resume``.
+
+    ``options`` are the command line's options as keywords: ``time="2m"``, ``max_steps=500``,
+    ``hidden=512``, ``level="word"``, ``cell="gru"``, ... (or the config fields they set).
+    Without a limit (``max_steps``, ``epochs`` or ``time``) training runs 10 epochs.
+    ``on_step(trainer)`` and ``on_eval(trainer, score)`` report progress; ``should_stop()`` is
+    asked between steps and ends the run with a resumable checkpoint.
+    """
+    training = start(corpus, name, resume=resume, force=force, checkpoint_dir=checkpoint_dir,
+                     progress=progress, **options)  # fmt: skip
+    return training.run_loop(on_step, on_eval, should_stop)
+
+
+def start(
+    corpus: PathLike | Sequence[PathLike] | None = None,
+    name: str | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    checkpoint_dir: PathLike | None = None,
+    progress: PhaseProgress | None = None,
+    **options: Any,
+) -> session.TrainingSession:
+    """Everything ``train`` does before its loop (reading the corpus, building the model, making
+    the run directory), as a session to inspect (``describe``, ``warnings``) and then
+    ``run_loop``. Arguments as for ``train``."""
+    if resume and force:
+        raise UsageError("--resume and --force contradict each other; choose one")
+    if corpus is None or isinstance(corpus, (str, os.PathLike)):
+        sources = [] if corpus is None else [os.fspath(corpus)]
+    else:
+        sources = [os.fspath(c) for c in corpus]
+    if name is None:
+        if not sources:
+            raise UsageError("missing CORPUS (or --name NAME --resume to continue a run)")
+        name = session.default_run_name(sources[0])
+    model_fields, train_fields = split_options(options)
+    model_config, train_config = ModelConfig(**model_fields), TrainConfig(**train_fields)
+    if not train_config.has_limit:
+        train_config.epochs = 10.0
+    return session.start_training(
+        sources,
+        name,
+        Path(store.checkpoint_root(checkpoint_dir)),
+        model_config,
+        train_config,
+        resume=resume,
+        force=force,
+        given=model_fields | train_fields,
+        progress=progress,
+    )
+
+
+__all__ = [
+    "Model",
+    "Ranked",
+    "Sample",
+    "Score",
+    "TrainingSummary",
+    "Tune",
+    "TuneCheck",
+    "identify",
+    "latest",
+    "load",
+    "runs",
+    "start",
+    "train",
+]

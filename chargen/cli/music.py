@@ -1,0 +1,300 @@
+"""The music commands: ``chargen corpus folk``, ``chargen abc check``, and the tunes that
+``chargen sample`` writes for a tune model (``sample_tunes``).
+
+Like every command module, it parses options, calls the library (``chargen.music``, the model's
+``tunes``) and renders the results; music21 and torch are imported inside commands so that
+``chargen --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from chargen.cli.base import CONTEXT, ChargenGroup, CliError, echo_json, json_line, write_output
+
+DEFAULT_CORPUS = "corpora/folk.abc"
+FOLK_COLLECTIONS = ("ryansMammoth", "oneills1850", "essenFolksong", "airdsAirs", "miscFolk")
+"""music21's folk collections (``chargen.music.folk`` holds the same names; a test keeps them
+equal, and this copy keeps --help free of the library's imports)."""
+
+
+# ---------------------------------------------------------------------------------- corpus
+
+
+@click.group(context_settings=CONTEXT, cls=ChargenGroup)
+def corpus():
+    """Build training corpora."""
+
+
+@corpus.command("folk", context_settings=CONTEXT)
+@click.argument("sources", nargs=-1, type=click.Path(exists=True))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=DEFAULT_CORPUS,
+    show_default=True,
+    help="Where to write the corpus.",
+)
+@click.option(
+    "--collection",
+    "collections",
+    multiple=True,
+    type=click.Choice(FOLK_COLLECTIONS),
+    help="A music21 collection to use (repeat; default: all five). Ignored with SOURCES.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the tune order.")
+@click.option(
+    "--keep-irregular",
+    is_flag=True,
+    help="Keep tunes whose bars disagree with their meter (dropped by default).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON on stdout.")
+def corpus_folk(sources, output, collections, seed, keep_irregular, as_json):
+    """Build an ABC training corpus: one cleaned tune per block, duplicates removed.
+
+    Without SOURCES, reads the folk collections that music21 ships (about 12,800 tunes);
+    SOURCES are your own .abc files or folders of them. Keeps the X, T, R, M, L and K
+    headers, drops fingerings, annotations, comments and other fields, and shuffles the
+    tunes with --seed, so that the validation split at the end holds whole tunes from every
+    collection. The same input always gives the same corpus.
+
+    \b
+    Examples:
+      chargen corpus folk
+      chargen corpus folk --collection oneills1850 -o corpora/oneill.abc
+      chargen corpus folk my_tunes/ more.abc -o corpora/mine.abc
+    """
+    from chargen.files import write_atomic
+    from chargen.music.folk import abc_files, build_corpus, collection_files
+
+    files = abc_files(sources) if sources else collection_files(collections or FOLK_COLLECTIONS)
+    report = build_corpus(files, seed=seed, keep_irregular=keep_irregular)
+    path = Path(output)
+    if not path.resolve().parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, report.text.encode("utf-8"))
+    counts = report.as_dict() | {"output": str(path)}
+    if as_json:
+        echo_json(counts)
+        return
+    dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items()))
+    click.echo(
+        f"Read {report.tunes_read:,} tunes from {report.files:,} files; dropped "
+        f"{report.duplicates:,} duplicates, {report.irregular:,} with bars that disagree with "
+        f"their meter{', ' + dropped if dropped else ''}.\n"
+        f"Wrote {report.written:,} tunes ({len(report.text):,} characters) to {path}\n"
+        f"Train on it: chargen train {path} --level abc --name folk --time 10m",
+        err=True,
+    )
+
+
+# ------------------------------------------------------------------------------------- abc
+
+
+@click.group("abc", context_settings=CONTEXT, cls=ChargenGroup)
+def abc_group():
+    """Work with tunes in ABC notation."""
+
+
+@abc_group.command("check", context_settings=CONTEXT)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per tune, then a summary.")
+@click.option(
+    "--corpus",
+    "corpus_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Also report how much of each tune is copied from this corpus.",
+)
+@click.option("--no-parse", is_flag=True, help="Skip the music21 parse (headers and bars only).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds music21 may spend on one tune.",
+)
+def abc_check(file, as_json, corpus_file, no_parse, timeout):
+    """Check every tune of FILE: headers, bars against M: and L:, a music21 parse.
+
+    A tune is valid when it has X:, T:, M: and K:, music21 parses it, and every bar has
+    the length its meter asks for (a pickup, the last bar, and bars next to repeats,
+    endings and double bars may be short).
+
+    \b
+    Examples:
+      chargen abc check out/tunes.abc
+      chargen abc check out/tunes.abc --corpus corpora/folk.abc --json
+    """
+    from chargen.cli.console import console, table
+    from chargen.files import read_text
+    from chargen.music.check import check_tune, summarize
+    from chargen.music.notation import split_tunes
+    from chargen.music.novelty import NoveltyIndex
+
+    tunes = split_tunes(read_text(file))
+    checks = [check_tune(t, i + 1, not no_parse, timeout) for i, t in enumerate(tunes)]
+    index = NoveltyIndex(read_text(corpus_file)) if corpus_file else None
+    novelty = [index.novelty(t) for t in tunes] if index else [None] * len(tunes)
+    summary = summarize(checks)
+    if index:
+        summary["exact_copies"] = sum(n.exact_copy for n in novelty)
+    if as_json:
+        for check, found in zip(checks, novelty, strict=True):
+            echo_json(check.as_dict() | ({"novelty": found.as_dict()} if found else {}))
+        echo_json({"summary": summary})
+        return
+    columns = ["#", "title", "verdict", "bars", "problems"]
+    if index:
+        columns[4:4] = ["longest copy", "8-grams copied"]
+    rows = []
+    for check, found in zip(checks, novelty, strict=True):
+        row = [str(check.number), check.title[:40], "valid" if check.valid else "invalid"]
+        row.append(str(check.bars))
+        if found:
+            copy = f"{found.longest_copy}/{found.music_chars}"
+            row += [
+                copy + (" (exact copy)" if found.exact_copy else ""),
+                f"{found.copied_ngrams:.0%}",
+            ]
+        row.append("; ".join(check.problems[:3]) + (" ..." if len(check.problems) > 3 else ""))
+        rows.append(row)
+    console.print(table(file, columns, rows))
+    line = (
+        f"{summary['valid']} of {summary['tunes']} tunes valid "
+        f"({summary['valid_fraction']:.1%}), {summary['bars']:,} bars"
+    )
+    if index:
+        line += f", {summary['exact_copies']} exact copies of corpus tunes"
+    console.print(line)
+
+
+# ------------------------------------------------------------------------------ sample tunes
+
+
+def sample_tunes(
+    model,
+    config,
+    *,
+    output: str | None,
+    as_json: bool,
+    midi: str | None,
+    wav: bool,
+    svg: bool,
+    meter: str | None,
+    key: str | None,
+    valid_only: bool,
+    cap_given: bool,
+    temperature_given: bool,
+) -> None:
+    """``chargen sample`` for a tune model: ``config.num`` complete tunes, optionally exported."""
+    from chargen.cli.base import stop_on_interrupt
+    from chargen.music.export import check_tools
+    from chargen.music.tunes import TUNE_CAP, TUNE_TEMPERATURE
+
+    if (wav or svg) and midi is None:
+        raise CliError("--wav and --svg write next to the MIDI files: give --midi DIR", 2)
+    if config.stop is not None:
+        raise CliError(
+            "--stop does not apply to tunes: each tune ends at its own blank line; "
+            "cap a tune's length with --length",
+            2,
+        )
+    if midi is not None or valid_only:
+        check_tools(wav=wav, svg=svg)  # before sampling, not after
+    with stop_on_interrupt() as should_stop:
+        tunes = model.tunes(
+            config.num,
+            meter=meter,
+            key=key,
+            prime=config.prime,
+            temperature=config.temperature if temperature_given else TUNE_TEMPERATURE,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            seed=config.seed,
+            length=config.length if cap_given else TUNE_CAP,
+            valid_only=valid_only,
+            should_stop=should_stop,
+        )
+    rendered = "\n\n".join(t.text for t in tunes) + "\n"
+    exported = _export(tunes, rendered, midi, wav, svg) if midi is not None else [{}] * len(tunes)
+    if as_json:
+        write_output(
+            "".join(json_line(_record(t) | e) + "\n" for t, e in zip(tunes, exported, strict=True)),
+            output,
+        )
+    else:
+        write_output(rendered, output)
+    click.echo(
+        _tunes_message(
+            tunes,
+            config.length if cap_given else TUNE_CAP,
+            valid_only,
+            midi,
+            wav,
+            svg,
+            exported,
+            output,
+        ),
+        err=True,
+    )
+
+
+def _record(tune) -> dict:
+    record = {
+        "text": tune.text,
+        "tokens": tune.tokens,
+        "mean_logprob": tune.mean_logprob,
+        "ended": tune.ended,
+    }
+    if tune.check is not None:
+        record["valid"] = tune.check.valid
+    return record
+
+
+def _export(tunes, rendered: str, midi: str, wav: bool, svg: bool) -> list[dict]:
+    """DIR/tunes.abc, and for each tune its MIDI file (and WAV and SVG where asked for); a tune
+    that cannot be written gets a warning and the others are still written."""
+    from chargen.errors import MusicError
+    from chargen.files import write_atomic
+    from chargen.music.export import write_midi, write_svg, write_wav
+
+    folder = Path(midi)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "tunes.abc", rendered.encode("utf-8"))
+    exported: list[dict] = [{} for _ in tunes]
+    for i, tune in enumerate(tunes):
+        stem = folder / f"tune-{i + 1:03d}"
+        try:
+            midi_file = write_midi(tune.text, stem.with_suffix(".mid"))
+            exported[i]["midi"] = str(midi_file)
+            if wav:
+                exported[i]["wav"] = str(write_wav(midi_file, stem.with_suffix(".wav")))
+            if svg:
+                exported[i]["svg"] = str(write_svg(tune.text, stem.with_suffix(".svg")))
+        except MusicError as exc:  # one unplayable tune does not stop the others
+            click.echo(f"warning: tune {i + 1}: {exc}", err=True)
+    return exported
+
+
+def _tunes_message(tunes, cap, valid_only, midi, wav, svg, exported, output) -> str:
+    ended = sum(t.ended for t in tunes)
+    message = (
+        f"{len(tunes)} tune{'s' if len(tunes) != 1 else ''}: {ended} ended on their own "
+        f"before the cap of {cap} tokens"
+    )
+    if valid_only:
+        resampled = sum(t.attempts - 1 for t in tunes)
+        message += f", {sum(bool(t.valid) for t in tunes)} valid ({resampled} resampled)"
+    if midi is not None:
+        written = sum("midi" in e for e in exported)
+        message += f"; wrote {Path(midi) / 'tunes.abc'} and {written} MIDI files"
+        if wav:
+            message += f", {sum('wav' in e for e in exported)} WAV"
+        if svg:
+            message += f", {sum('svg' in e for e in exported)} SVG"
+    if output is not None:
+        message += f"; tunes in {output}"
+    return message

@@ -1,0 +1,158 @@
+"""``chargen sample``: text from a model, streamed or in batches; whole tunes from a tune model."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from chargen.cli.base import (
+    CONTEXT,
+    CliError,
+    check_output_path,
+    checkpoint_dir_option,
+    device_option,
+    given,
+    json_line,
+    load_model,
+    stop_on_interrupt,
+    weights_option,
+    write_output,
+)
+from chargen.config import SampleConfig
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("run", required=False)
+@click.option("--prime", default="", help="Text to start from; the model continues it.")
+@click.option(
+    "-t",
+    "--temperature",
+    type=click.FloatRange(0),
+    default=SampleConfig.temperature,
+    show_default=True,
+    help="0 is greedy; higher is more adventurous. Tunes (ABC runs) default to 0.5.",
+)
+@click.option("--top-k", type=click.IntRange(1), help="Draw only from the k likeliest tokens.")
+@click.option(
+    "--top-p",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Draw only from the likeliest tokens holding this much probability.",
+)
+@click.option(
+    "-n",
+    "--length",
+    type=click.IntRange(1),
+    default=SampleConfig.length,
+    show_default=True,
+    help="Tokens to generate per sample (tunes: a cap per tune, default 1200).",
+)
+@click.option(
+    "--num",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Samples, generated together as one batch.",
+)
+@click.option("--seed", type=int, help="Seed for a reproducible sample.")
+@click.option("--stop", help="End each sample at the first occurrence of this text (excluded).")
+@weights_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the samples to this file instead of stdout.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per sample: text, tokens, mean log-probability.",
+)
+@device_option("cpu", "cpu is fastest for a few streams; a GPU pays off for large --num.")
+@click.option(
+    "--beam",
+    type=click.IntRange(1),
+    help="Beam search of this width for the most likely continuation instead of sampling "
+    "(conservative: safe, often repetitive text).",
+)
+@click.option(
+    "--midi",
+    type=click.Path(file_okay=False),
+    help="ABC: also write DIR/tunes.abc and one DIR/tune-NNN.mid per tune.",
+)
+@click.option("--wav", is_flag=True, help="ABC: also render each MIDI file to WAV (timidity).")
+@click.option("--svg", is_flag=True, help="ABC: also engrave sheet music as SVG (abcm2ps).")
+@click.option("--meter", help="ABC: the meter of every tune (M:), e.g. 6/8.")
+@click.option("--key", help="ABC: the key of every tune (K:), e.g. D or Ador.")
+@click.option("--valid-only", is_flag=True, help="ABC: resample tunes that fail 'abc check'.")
+@checkpoint_dir_option
+@click.pass_context
+def sample(ctx, run, beam, midi, wav, svg, meter, key, valid_only, **options):
+    """Generate text from RUN (a run name or directory; default: the latest run).
+
+    For a run trained on ABC tunes, --num N gives N complete tunes, each ended by the
+    model (--length caps its tokens).
+
+    \b
+    Examples:
+      chargen sample harbour --prime "NELL:" --temperature 0.8 --length 500
+      chargen sample bard --num 5 --stop $'\\n\\n' --seed 1
+      chargen sample bard --temperature 0 --length 200        # greedy
+      chargen sample bard --json --num 3 > samples.jsonl
+      chargen sample bard --beam 8 --prime "ROMEO:" --length 100   # most likely text
+      chargen sample folk --num 10 --midi out/ --meter 6/8 --key D  # ABC tunes
+    """
+    output, as_json = options.pop("output"), options.pop("as_json")
+    weights, device = options.pop("weights"), options.pop("device")
+    config = SampleConfig(**options)
+    config.validate()
+    if beam is not None and config.num > 1:
+        raise CliError("--beam finds one most likely continuation; drop --num", 2)
+    check_output_path(output)
+    music_options = midi or wav or svg or meter or key or valid_only
+    if music_options and beam is not None:
+        raise CliError("--beam cannot be combined with --midi, --meter, --key or --valid-only", 2)
+    model = load_model(ctx, run, weights, device)
+    if beam is None and (music_options or model.writes_tunes):
+        from chargen.cli.music import sample_tunes
+
+        sample_tunes(
+            model, config, output=output, as_json=as_json, midi=midi, wav=wav, svg=svg,
+            meter=meter, key=key, valid_only=valid_only,
+            cap_given=given(ctx, "length"), temperature_given=given(ctx, "temperature"),
+        )  # fmt: skip
+        return
+    stream = config.num == 1 and not as_json and output is None
+    with stop_on_interrupt() as should_stop:
+        if beam is not None:
+            samples = [model.beam(config.prime, config.length, beam, stop=config.stop,
+                                  should_stop=should_stop)]  # fmt: skip
+            if stream:
+                _write_piece(0, samples[0].text)
+        else:
+            samples = model.generate_many(
+                config=config, on_text=_write_piece if stream else None, should_stop=should_stop
+            )
+        interrupted = should_stop()
+    if interrupted:
+        click.echo("\nInterrupted: keeping the text generated so far", err=True)
+    if stream:
+        sys.stdout.write("\n")
+        return
+    if as_json:
+        rendered = "".join(
+            json_line({"text": s.text, "tokens": s.tokens, "mean_logprob": s.mean_logprob}) + "\n"
+            for s in samples
+        )
+    else:
+        rendered = "\n\n".join(s.text for s in samples) + "\n"
+    write_output(rendered, output)
+    if output is not None:
+        plural = "s" if config.num > 1 else ""
+        click.echo(f"Wrote {len(samples)} sample{plural} to {output}", err=True)
+
+
+def _write_piece(index: int, piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()

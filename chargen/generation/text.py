@@ -1,0 +1,196 @@
+"""Text samples: a prime continued by the model, in batches or streamed, ended at a stop text.
+
+Each sample is a sequence of the generation engine (``chargen.generation.engine``); where a sample
+must end at a stop text or be shown as it is made, its control decodes the tokens as they come and
+passes the text through a ``StopScanner``. ``beam`` finds the likeliest continuation instead.
+Nothing here prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import torch
+
+from chargen.config import SampleConfig
+from chargen.errors import UsageError
+from chargen.generation.engine import BeamEngine, Control, Engine, Sequence
+from chargen.generation.sampling import sequence_key
+from chargen.model.rnn import RNNLanguageModel
+from chargen.text.tokenizer import UNK, Tokenizer
+
+
+@dataclass
+class Sample:
+    text: str  # the prime followed by the generated text
+    tokens: int  # generated tokens (the prime and anything after a stop excluded)
+    mean_logprob: float  # mean log-probability per generated token, in nats
+    finish_reason: str = "length"  # "stop" (the stop text), "length" or "cancelled"
+
+
+class StopScanner:
+    """Passes text through until ``stop`` appears; holds back what could be the start of it.
+
+    ``feed`` returns the text that is now safe to show; after the stop text is seen, ``done`` is
+    true and nothing more passes. The stop text itself is not part of the output.
+    """
+
+    def __init__(self, stop: str | None):
+        self.stop = stop or None
+        self.pending = ""
+        self.done = False
+
+    def feed(self, piece: str) -> str:
+        if self.done:
+            return ""
+        if self.stop is None:
+            return piece
+        self.pending += piece
+        at = self.pending.find(self.stop)
+        if at >= 0:
+            self.done = True
+            out, self.pending = self.pending[:at], ""
+            return out
+        keep = len(self.stop) - 1
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut] if cut > 0 else "", self.pending[max(cut, 0) :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return "" if self.done else out
+
+
+class TextControl(Control):
+    """Decodes a sample's tokens as they come: text passes to ``on_text`` as it becomes final,
+    and the sample is complete when its stop text appears."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: str | None, on_text: Callable[[str], None]):
+        self.pieces = tokenizer.pieces
+        self.scanner = StopScanner(stop)
+        self.on_text = on_text
+
+    def accept(self, token: int, forced: bool) -> bool:
+        if text := self.scanner.feed(self.pieces[token]):
+            self.on_text(text)
+        return self.scanner.done
+
+    def flush(self) -> None:
+        """Pass on what was held back in case it began the stop text."""
+        if text := self.scanner.flush():
+            self.on_text(text)
+
+
+def prime_ids(tokenizer: Tokenizer, prime: str) -> list[int]:
+    """Token ids of the prime; an empty prime starts the text at a line break."""
+    unknown = tokenizer.unknown_pieces(prime)
+    if unknown:
+        shown = ", ".join(repr(p) for p in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        what = "characters" if tokenizer.level == "char" else "tokens"
+        raise UsageError(f"--prime has {what} the model never saw: {shown}{more}; remove them")
+    if prime:
+        return tokenizer.encode(prime).tolist()
+    start = tokenizer.id_of("\n")
+    return [start if start is not None else min(1, tokenizer.vocab_size - 1)]
+
+
+def _sequences(tokenizer: Tokenizer, config: SampleConfig, on_text=None):
+    """The sequences of ``config.num`` samples, with the controls that decode them where text
+    must be seen as it is made or end at a stop text."""
+    config.validate()
+    if tokenizer.pieces[0] != UNK:
+        raise UsageError("tokenizer has no <unk> at id 0")
+    prompt = prime_ids(tokenizer, config.prime)
+    texts: list[list[str]] = [[config.prime] for _ in range(config.num)]
+    sequences = []
+    for i in range(config.num):
+
+        def emit(text: str, i: int = i) -> None:
+            texts[i].append(text)
+            if on_text:
+                on_text(i, text)
+
+        decoding = config.stop is not None or on_text is not None
+        control = TextControl(tokenizer, config.stop, emit) if decoding else None
+        key = sequence_key(config.seed, i)
+        sequences.append(Sequence(prompt, config.length, config, key, control))
+    return sequences, texts
+
+
+def sample(
+    model: RNNLanguageModel,
+    tokenizer: Tokenizer,
+    config: SampleConfig,
+    device: torch.device | str = "cpu",
+    on_text: Callable[[int, str], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[Sample]:
+    """Generate ``config.num`` samples as one batch; ``on_text(i, piece)`` receives the text of
+    sample ``i`` as it becomes final, prime first.
+
+    ``should_stop`` is asked after every step; when it says yes, the samples end there.
+    """
+    sequences, texts = _sequences(tokenizer, config, on_text)
+    if on_text and config.prime:
+        for i in range(config.num):
+            on_text(i, config.prime)
+    engine = Engine(model, device)
+    engine.add(sequences)
+    engine.run(should_stop)
+    samples = []
+    for sequence, parts in zip(sequences, texts, strict=True):
+        if sequence.control is not None:
+            sequence.control.flush()
+        else:
+            parts.append(tokenizer.decode(sequence.ids))
+        reason = sequence.finish_reason or "cancelled"
+        samples.append(Sample("".join(parts), len(sequence.ids), sequence.mean_logprob, reason))
+    return samples
+
+
+def stream(
+    model: RNNLanguageModel,
+    tokenizer: Tokenizer,
+    config: SampleConfig,
+    device: torch.device | str = "cpu",
+) -> Iterator[str]:
+    """One sample's text in pieces as it is generated, the prime first; closing the iterator
+    stops the generation."""
+    pieces: list[str] = []
+    sequences, _ = _sequences(tokenizer, replace(config, num=1), lambda _, t: pieces.append(t))
+    sequence = sequences[0]
+    if config.prime:
+        yield config.prime
+    engine = Engine(model, device)
+    engine.add([sequence])
+    while not sequence.done:
+        engine.step()
+        yield from pieces
+        pieces.clear()
+    sequence.control.flush()
+    yield from pieces
+
+
+def beam(
+    model: RNNLanguageModel,
+    tokenizer: Tokenizer,
+    prime: str,
+    width: int,
+    length: int,
+    stop: str | None = None,
+    device: torch.device | str = "cpu",
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Sample:
+    """The likeliest continuation of ``prime`` of ``length`` tokens that a beam of ``width``
+    finds, cut before ``stop`` if it appears."""
+    if width < 1:
+        raise UsageError(f"beam width must be at least 1, got {width}")
+    prompt = prime_ids(tokenizer, prime)
+    found = BeamEngine(model, width, device).search(prompt, length, should_stop)
+    text = tokenizer.decode(found.ids)
+    reason = "length"
+    if stop and stop in text:
+        text, reason = text[: text.index(stop)], "stop"
+    return Sample(prime + text, len(found.ids), found.mean_logprob, reason)

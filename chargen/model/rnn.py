@@ -1,0 +1,133 @@
+"""The recurrent language model: embedding, stacked recurrent cells, output projection.
+
+One interface for every cell type: ``forward(ids, hidden) -> (logits, hidden)`` and
+``init_hidden(batch)``. The loss is computed by the caller. The cells are torch's fused
+implementations; ``rnn`` is the plain recurrence h_t = tanh(W_hh h_{t-1} + W_xh x_t + b).
+Also here: the helpers that detach, reset, select and join hidden states.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chargen.config import CELLS, ModelConfig
+from chargen.errors import UsageError
+
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+CELL_TYPES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+assert tuple(CELL_TYPES) == CELLS, "config.CELLS and the registry must list the same cells"
+
+
+class RNNLanguageModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        if config.vocab_size < 1:
+            raise UsageError("the model needs a vocabulary; build the tokenizer first")
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        # torch applies its own dropout only between stacked layers; forward covers the
+        # embedding and the last layer's output.
+        self.rnn = CELL_TYPES[config.cell](
+            config.embedding_dim,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        if config.tie_weights:
+            # Weight tying: one matrix embeds and un-embeds tokens (Press & Wolf 2017,
+            # "Using the Output Embedding to Improve Language Models"; Inan et al. 2017).
+            self.head.weight = self.embedding.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.config.cell == "lstm":
+            # Forget-gate bias of 1 so the cell remembers by default early in training
+            # (Jozefowicz et al. 2015, "An Empirical Exploration of Recurrent Network
+            # Architectures").
+            hidden = self.config.hidden_size
+            for name, bias in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    with torch.no_grad():
+                        bias[hidden : 2 * hidden].fill_(
+                            1.0
+                        )  # gate order: input, forget, cell, output
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        hidden: Hidden | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, Hidden]:
+        """Logits (B, T, V) for ``ids`` (B, T) and the state after them. In training mode,
+        ``generator`` draws the dropout masks of the embedding and the output (torch's global
+        generator without one); masks between stacked layers always come from the global one."""
+        x = self._dropout(self.embedding(ids), generator)  # (B, T, E)
+        out, hidden = self.rnn(x, hidden)  # (B, T, H)
+        return self.head(self._dropout(out, generator)), hidden  # (B, T, V)
+
+    def _dropout(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        p = self.config.dropout
+        if not self.training or p == 0:
+            return x
+        if generator is None:
+            return F.dropout(x, p)
+        keep = torch.empty_like(x).bernoulli_(1 - p, generator=generator)
+        return x * keep / (1 - p)
+
+    @property
+    def draws_from_global_random(self) -> bool:
+        """Whether training draws from torch's global generator: dropout between stacked
+        layers, which the fused cell takes from nowhere else."""
+        return self.config.dropout > 0 and self.config.num_layers > 1
+
+    def init_hidden(self, batch: int) -> Hidden:
+        # new_zeros: the state follows the weights' device and dtype.
+        weight = self.head.weight
+        zeros = weight.new_zeros(self.config.num_layers, batch, self.config.hidden_size)
+        if self.config.cell == "lstm":
+            return zeros, zeros.clone()
+        return zeros
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() yields a tied matrix once
+
+
+def detach_hidden(hidden: Hidden) -> Hidden:
+    """The same state cut from the graph of the window that produced it.
+
+    Truncated BPTT: the next window starts from this state but backpropagates no further, so memory
+    and time per step stay bounded while the model still sees context from earlier windows.
+    """
+    if isinstance(hidden, tuple):
+        return tuple(h.detach() for h in hidden)
+    return hidden.detach()
+
+
+def reset_rows(hidden: Hidden, rows: torch.Tensor) -> Hidden:
+    """The state with the streams where ``rows`` (B,) is true set back to zero, the start state."""
+    keep = (~rows).to(dtype=hidden[0].dtype if isinstance(hidden, tuple) else hidden.dtype)
+    if isinstance(hidden, tuple):
+        return tuple(h * keep[None, :, None] for h in hidden)
+    return hidden * keep[None, :, None]
+
+
+def select_hidden(hidden: Hidden, index: torch.Tensor) -> Hidden:
+    """Rows ``index`` of the batch dimension of a hidden state."""
+    if isinstance(hidden, tuple):
+        return tuple(h[:, index] for h in hidden)
+    return hidden[:, index]
+
+
+def join_hidden(parts: list[Hidden]) -> Hidden:
+    """The states of groups of streams joined into one, in the order given."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(layer, 1) for layer in zip(*parts, strict=True))
+    return torch.cat(parts, 1)

@@ -1,0 +1,108 @@
+"""Tunes out: MIDI through music21, WAV through timidity or fluidsynth, SVG sheet music through
+abcm2ps.
+
+Each tool is looked for before any work starts (``check_tools``) and named with its Debian package
+when missing. Nothing here samples or checks tunes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from chargen.errors import MusicError
+from chargen.music.check import parse_with_music21
+
+
+def write_midi(tune: str, path: str | Path) -> Path:
+    """A standard MIDI file of ``tune`` (through music21)."""
+    score = parse_with_music21(tune)
+    path = Path(path)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            score.write("midi", fp=str(path))
+        return path
+    except Exception:  # music21's MIDI writer fails in its own ways on odd scores
+        pass
+    # Most failures are repeats music21 cannot expand (an end repeat with no matching start):
+    # play the music straight through instead.
+    from music21 import bar
+
+    for measure in score.recurse().getElementsByClass("Measure"):
+        for side in ("leftBarline", "rightBarline"):
+            if isinstance(getattr(measure, side), bar.Repeat):
+                setattr(measure, side, bar.Barline("regular"))
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            score.write("midi", fp=str(path))
+    except Exception as exc:
+        message = str(exc).splitlines()[0][:120] if str(exc) else ""
+        raise MusicError(f"cannot write MIDI: {type(exc).__name__} {message}".strip()) from None
+    return path
+
+
+SOUNDFONTS = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/default-GM.sf2",
+    "/usr/share/soundfonts/default.sf2",
+)
+
+
+def check_tools(wav: bool = False, svg: bool = False) -> None:
+    """Raise ``MusicError`` naming the package to install when an export's tool is missing."""
+    try:
+        import music21  # noqa: F401
+    except ImportError:
+        raise MusicError("writing tunes needs music21: pip install music21") from None
+    if wav and not shutil.which("timidity") and not (shutil.which("fluidsynth") and _soundfont()):
+        raise MusicError(
+            "--wav needs timidity (Debian package timidity) or fluidsynth with a General "
+            "MIDI soundfont (Debian packages fluidsynth and fluid-soundfont-gm)"
+        )
+    if svg and not shutil.which("abcm2ps"):
+        raise MusicError("--svg needs abcm2ps (Debian package abcm2ps)")
+
+
+def _soundfont() -> str | None:
+    return next((s for s in SOUNDFONTS if Path(s).is_file()), None)
+
+
+def write_wav(midi: str | Path, path: str | Path) -> Path:
+    """A WAV rendering of a MIDI file, with timidity or else fluidsynth and a GM soundfont."""
+    midi, path = Path(midi), Path(path)
+    check_tools(wav=True)
+    if shutil.which("timidity"):
+        command = ["timidity", "-Ow", "-o", str(path), str(midi)]
+    else:
+        command = ["fluidsynth", "-ni", "-F", str(path), "-r", "44100", _soundfont(), str(midi)]
+    _run_tool(command, path)
+    return path
+
+
+def write_svg(tune: str, path: str | Path) -> Path:
+    """Sheet music of ``tune`` as SVG, engraved by abcm2ps."""
+    check_tools(svg=True)
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "tune.abc"
+        source.write_text(tune + "\n", encoding="utf-8")
+        _run_tool(["abcm2ps", "-g", "-O", str(Path(scratch) / "page"), str(source)], None)
+        pages = sorted(Path(scratch).glob("page*.svg"))
+        if not pages:
+            raise MusicError("abcm2ps wrote no sheet music for this tune")
+        shutil.move(str(pages[0]), path)  # a folk tune fits on one page
+    return path
+
+
+def _run_tool(command: list[str], output: Path | None, timeout: float = 120.0) -> None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MusicError(f"{command[0]} took more than {timeout:g}s") from None
+    if done.returncode != 0 or (output is not None and not output.is_file()):
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise MusicError(f"{command[0]} failed: {detail[-1] if detail else done.returncode}")

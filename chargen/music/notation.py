@@ -1,0 +1,268 @@
+"""ABC notation as text: tunes, headers, cleaning, meters, keys and unit lengths.
+
+What this module does, all on plain strings and without music21:
+
+- ``split_tunes`` cuts an ABC file into tunes (each starts at an ``X:`` line);
+- ``clean_tune`` turns one tune into the training form: musical headers only (X, T, R, M, L, K)
+  in a fixed order, comments, annotations and fingerings dropped, continuations joined, no blank
+  line inside (a blank line, ``TUNE_END``, ends a tune);
+- ``headers``/``body``/``renumber`` read and rewrite a tune;
+- ``meter_length``, ``unit_length`` and ``key_readable`` read header values.
+
+Bar lengths are measured in ``chargen.music.bars``; parsing with music21 and export are elsewhere
+in ``chargen.music``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from chargen.text.tokenizer import PIECE_END
+
+TUNE_END = PIECE_END
+"""A tune ends at a blank line: the corpus separates tunes with one, so the model learns it."""
+
+HEADER_ORDER = "XTRMLK"
+"""The headers a cleaned tune keeps, in this order (ABC wants X first and K last)."""
+
+REQUIRED_HEADERS = "XTMK"
+"""Headers a tune must have to pass the check; L has a default that follows from M."""
+
+BODY_FIELDS = "MLK"
+"""Fields kept when they appear inside the music: a change of meter, unit length or key."""
+
+_FIELD_LINE = re.compile(r"^([A-Za-z]):(?!\|)(.*)$")  # "B:|" is music, not a field
+_X_LINE = re.compile(r"^X:", re.MULTILINE)
+_QUOTED = re.compile(r'"([^"\n]*)"')
+_CHORD_SYMBOL = re.compile(
+    r"^[A-G][#b]?(?:m|min|maj|dim|aug|sus|M|o|\+)?\d*(?:sus\d|add\d|[#b]\d)*(?:/[A-Ga-g][#b]?)?$"
+)
+_SPACES = re.compile(r"[ \t]+")
+_BANG = re.compile(r"(![^!\s|]+!)|!")  # a decoration, or a stray "!" (old ABC's line break)
+_METER = re.compile(r"^\s*(\d+(?:\+\d+)*)\s*/\s*(\d+)\s*$")
+_UNIT = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+# ----------------------------------------------------------------------------- tunes and headers
+
+
+def split_tunes(text: str) -> list[str]:
+    """The tunes of an ABC file, each from its ``X:`` line to the line before the next tune.
+
+    A tune ends at a blank line or at the next ``X:`` line; text before the first ``X:`` (a file
+    header) is left out. Text with no ``X:`` line at all counts as one tune, so that a checker
+    can say what is wrong with it instead of finding nothing.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    starts = [m.start() for m in _X_LINE.finditer(text)]
+    if not starts:
+        return [text.strip("\n")] if text.strip() else []
+    tunes = []
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(text)
+        chunk = text[start:end]
+        blank = re.search(r"\n[ \t]*\n", chunk)
+        if blank:
+            chunk = chunk[: blank.start()]
+        tunes.append(chunk.strip("\n"))
+    return tunes
+
+
+def split_header(tune: str) -> tuple[list[str], list[str]]:
+    """Header lines (up to and including the first ``K:`` line) and body lines of a tune.
+
+    A tune without ``K:`` has a header of its leading field lines and the rest as body.
+    """
+    lines = tune.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("K:"):
+            return lines[: i + 1], lines[i + 1 :]
+    for i, line in enumerate(lines):
+        if not _FIELD_LINE.match(line):
+            return lines[:i], lines[i:]
+    return lines, []
+
+
+def headers(tune: str) -> dict[str, str]:
+    """The header fields of a tune, letter to value (stripped); the first of a repeated field."""
+    found: dict[str, str] = {}
+    for line in split_header(tune)[0]:
+        match = _FIELD_LINE.match(line)
+        if match and match.group(1) not in found:
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def body(tune: str) -> str:
+    """The music of a tune: every line after the header."""
+    return "\n".join(split_header(tune)[1])
+
+
+def renumber(tune: str, number: int) -> str:
+    """The tune with its ``X:`` line set to ``number`` (added first if it has none)."""
+    if tune.startswith("X:"):
+        rest = tune.split("\n", 1)
+        return f"X:{number}" + ("\n" + rest[1] if len(rest) > 1 else "")
+    return f"X:{number}\n{tune}"
+
+
+def header_lines(fields: dict[str, str]) -> str:
+    """``fields`` as header lines in ``HEADER_ORDER``, each ending in a newline."""
+    return "".join(f"{f}:{fields[f]}\n" for f in HEADER_ORDER if f in fields)
+
+
+def parse_header_text(text: str) -> tuple[dict[str, str], str]:
+    """Header fields at the start of ``text`` (such as a prime ``"M:6/8\\nK:D\\n"``) and the rest.
+
+    Leading lines of the form ``F:value`` are fields; everything from the first other line on is
+    returned as the rest (music to continue from).
+    """
+    fields: dict[str, str] = {}
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        match = _FIELD_LINE.match(line)
+        if not match:
+            return fields, "\n".join(lines[i:])
+        fields[match.group(1)] = match.group(2).strip()
+    return fields, ""
+
+
+# ------------------------------------------------------------------------------------ cleaning
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """A cleaned tune, or why there is none (``tune`` is None and ``reason`` says why)."""
+
+    tune: str | None
+    reason: str | None = None
+
+
+def clean_tune(raw: str, number: int = 1) -> Cleaned:
+    """The training form of one tune, or a reason to drop it.
+
+    Keeps X (set to ``number``), the first T, R, M, L and K, in that order; adds L where missing
+    (its default follows from M). In the music: drops comments, ``%%`` directives and every field
+    line except a change of M, L or K; drops quoted text other than chord symbols (fingerings,
+    tempo words, annotations) and stray ``!``; joins ``\\`` continuations; squeezes runs of
+    spaces; removes blank lines. Drops tunes with several voices (V:), without M: or K:, or
+    without music.
+    """
+    lines = _join_continuations([_strip_comment(line) for line in raw.split("\n")])
+    head, music = split_header("\n".join(lines))
+    fields: dict[str, str] = {}
+    for line in head:
+        match = _FIELD_LINE.match(line)
+        if match is None:
+            continue
+        letter, value = match.group(1), _SPACES.sub(" ", match.group(2)).strip()
+        if letter == "V":
+            return Cleaned(None, "several voices")
+        if letter in HEADER_ORDER and letter != "X" and letter not in fields and value:
+            fields[letter] = value
+    if "K" not in fields:
+        return Cleaned(None, "no K: field")
+    if "M" not in fields:
+        return Cleaned(None, "no M: field")
+    if "T" not in fields:
+        fields["T"] = "Untitled"
+    if "L" not in fields:
+        fields["L"] = default_unit(fields["M"])
+    kept = []
+    for line in music:
+        match = _FIELD_LINE.match(line)
+        if match:
+            if match.group(1) == "V":
+                return Cleaned(None, "several voices")
+            if match.group(1) in BODY_FIELDS and match.group(2).strip():
+                kept.append(f"{match.group(1)}:{match.group(2).strip()}")
+            continue
+        line = _QUOTED.sub(lambda m: m.group(0) if _CHORD_SYMBOL.match(m.group(1)) else "", line)
+        line = _BANG.sub(lambda m: m.group(1) or "", line)
+        line = _SPACES.sub(" ", line).strip()
+        if line:
+            kept.append(line)
+    while kept and _FIELD_LINE.match(kept[-1]):  # a trailing key change with no music after it
+        kept.pop()
+    if not any(re.search(r"[A-Ga-g]", line) for line in kept if not _FIELD_LINE.match(line)):
+        return Cleaned(None, "no music")
+    fields["X"] = str(number)
+    return Cleaned(header_lines(fields) + "\n".join(kept))
+
+
+def music_key(tune: str) -> str:
+    """What makes two tunes the same music: meter, unit, key and notes, ignoring X, T, R and
+    spacing. Used to find duplicates and exact copies."""
+    fields = headers(tune)
+    notes = re.sub(r"\s+", "", body(tune))
+    return f"{fields.get('M', '')}|{fields.get('L', '')}|{fields.get('K', '')}|{notes}"
+
+
+def _strip_comment(line: str) -> str:
+    if line.startswith("%%"):
+        return ""
+    at = line.find("%")
+    return (line if at < 0 else line[:at]).rstrip()
+
+
+def _join_continuations(lines: list[str]) -> list[str]:
+    """ABC's ``\\`` at the end of a line continues the music on the next line."""
+    joined: list[str] = []
+    carry = ""
+    for line in lines:
+        if line.endswith("\\"):
+            carry += line[:-1] + " "
+            continue
+        joined.append(carry + line if carry else line)
+        carry = ""
+    if carry:
+        joined.append(carry.rstrip())
+    return joined
+
+
+# ------------------------------------------------------------------------------ meter and bars
+
+
+def meter_length(meter: str) -> Fraction | None:
+    """Length of one bar of ``meter`` in whole notes; None for free meter (``none``, unreadable)."""
+    meter = meter.strip()
+    if meter == "C":
+        return Fraction(1)
+    if meter == "C|":
+        return Fraction(1)
+    match = _METER.match(meter)
+    if not match:
+        return None
+    numerator = sum(int(n) for n in match.group(1).split("+"))
+    denominator = int(match.group(2))
+    if numerator == 0 or denominator == 0:
+        return None
+    return Fraction(numerator, denominator)
+
+
+_KEY = re.compile(r"^\s*(?:([A-G][#b]?)\s*([A-Za-z]*)|none|HP|Hp)(?:\s|$)")
+_MODES = ("", "m", "min", "maj", "ion", "dor", "phr", "lyd", "mix", "aeo", "loc")
+
+
+def key_readable(key: str) -> bool:
+    """Whether a K: value names a key: a tonic (with # or b) and an optional mode, or none/HP."""
+    match = _KEY.match(key)
+    if not match:
+        return False
+    mode = (match.group(2) or "").lower()
+    return mode[:3] in _MODES or mode == "m"
+
+
+def default_unit(meter: str) -> str:
+    """ABC's default unit note length: 1/16 for a meter below 3/4, else 1/8 (free meter: 1/8)."""
+    length = meter_length(meter)
+    return "1/16" if length is not None and length < Fraction(3, 4) else "1/8"
+
+
+def unit_length(value: str) -> Fraction | None:
+    match = _UNIT.match(value)
+    if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
+        return None
+    return Fraction(int(match.group(1)), int(match.group(2)))

@@ -1,0 +1,260 @@
+"""Complete ABC tunes from a trained model: header conditioning, the end-of-tune rule, a cap.
+
+``generate_tunes`` samples a batch of tunes on the generation engine, each from a fresh state
+primed with the start of a tune, until the model writes the end-of-tune marker (a blank line,
+``TUNE_END``) or reaches the length cap. Requested headers (``M:6/8``, ``K:D``) are imposed by
+*forcing*: when the model starts a header line at or past where a requested field belongs, the
+requested line is fed to it instead, token by token, and the model continues from there;
+everything else (title, the other headers, the music) is the model's own. These rules are the
+tunes' ``Control``; the loop itself is the engine's. ``generate_valid_tunes`` resamples the tunes
+a check rejects. This module knows nothing about music21, files or the command line.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from chargen.config import SampleConfig
+from chargen.errors import UsageError
+from chargen.generation.engine import Control, Engine, Sequence
+from chargen.generation.sampling import sequence_key
+from chargen.generation.text import prime_ids
+from chargen.model.rnn import RNNLanguageModel
+from chargen.music.check import TuneCheck
+from chargen.music.notation import (
+    HEADER_ORDER,
+    TUNE_END,
+    header_lines,
+    meter_length,
+    parse_header_text,
+    renumber,
+)
+from chargen.text.tokenizer import Tokenizer
+
+FIRST_LINE = "X:1\n"
+TUNE_START = TUNE_END[-1] + FIRST_LINE
+"""What every tune is primed with, from a zero state: the blank line that ends a previous tune,
+then the first header line. Training at the abc level starts every tune from a zero state at
+that same newline (``chargen.text.batches.piece_starts``), followed by its X: line, so the model
+meets each tune as it is sampled."""
+
+TUNE_CAP = 1200
+"""Default cap on a tune's tokens: about five times an average folk tune, above the longest."""
+
+TUNE_TEMPERATURE = 0.5
+"""Default temperature for tunes: a tune must keep its meter in every bar, and a lower
+temperature keeps more of them right (figures in benchmarks/RESULTS.md)."""
+
+
+def is_tune_model(tokenizer: Tokenizer, corpus: object) -> bool:
+    """A model of ABC tunes: the abc level, or any level trained on a .abc corpus."""
+    if tokenizer.level == "abc":
+        return True
+    files = corpus if isinstance(corpus, list) else [corpus]
+    return any(str(f).endswith(".abc") for f in files)
+
+
+@dataclass
+class Tune:
+    text: str  # the tune from its X: line, without the blank line that ended it
+    ended: bool  # the model ended it before the length cap
+    tokens: int  # tokens after the prime, forced ones included
+    mean_logprob: float  # mean log-probability of the tokens the model chose, in nats
+    check: TuneCheck | None = None  # the verdict of ``chargen.music.check``, where asked for
+    attempts: int = 1  # tunes sampled for this one's place (more than 1: resampled as invalid)
+
+    @property
+    def valid(self) -> bool | None:
+        """Whether the tune passed its check; None when it was not checked."""
+        return None if self.check is None else self.check.valid
+
+
+class TuneControl(Control):
+    """One tune being written: what has been generated, what must be forced, whether it ended."""
+
+    def __init__(self, tokenizer: Tokenizer, fields: dict[str, str], music: str):
+        self.tokenizer = tokenizer
+        self.fields = fields
+        self.music = music
+        self.pieces: list[str] = []
+        self.queue: deque[int] = deque()  # forced tokens still to feed
+        self.in_header = True
+        self.line = ""  # the current line so far
+        self.seen = {"X"}  # header fields written so far
+        self.ended = False
+
+    def override(self, sampled: int) -> int | None:
+        """The next forced token, if any: forcing starts where the model begins a header line
+        that is not a requested field coming before the next one requested."""
+        if not self.queue and self.in_header and self.line == "":
+            self._maybe_force(self.tokenizer.pieces[sampled])
+        return self.queue.popleft() if self.queue else None
+
+    def accept(self, token: int, forced: bool) -> bool:
+        self._write(self.tokenizer.pieces[token])
+        return self.ended
+
+    def _maybe_force(self, piece: str) -> None:
+        """At the start of a header line: force the next requested field unless the model is
+        writing a field that comes before it (a title before the meter, say)."""
+        pending = [f for f in HEADER_ORDER if f in self.fields and f not in self.seen]
+        if not pending:
+            return
+        letter = piece[:1]
+        free = letter in HEADER_ORDER and letter not in self.seen
+        if free and HEADER_ORDER.index(letter) < HEADER_ORDER.index(pending[0]):
+            return
+        self._force(header_lines({pending[0]: self.fields[pending[0]]}))
+
+    def _force(self, text: str) -> None:
+        self.queue.extend(int(i) for i in self.tokenizer.encode(text))
+
+    def _write(self, piece: str) -> None:
+        self.pieces.append(piece)
+        for char in piece:
+            if char != "\n":
+                self.line += char
+                continue
+            if self.in_header:
+                letter = self.line[:1] if self.line[1:2] == ":" else None
+                if letter is not None:
+                    self.seen.add(letter)
+                if letter is None or letter == "K":
+                    self.in_header = False  # the music starts here
+                    if self.music:
+                        self._force(self.music)
+            self.line = ""
+        tail = "".join(self.pieces[-len(TUNE_END) :])
+        if tail.endswith(TUNE_END) and not self.queue:
+            self.ended = True
+        elif not self.in_header and self.line.startswith("X:"):
+            # a new tune without the blank line: the model has ended this one all the same
+            self.ended = True
+
+    def tune(self, sequence: Sequence) -> Tune:
+        text = "".join(self.pieces)
+        if self.ended and text.endswith(TUNE_END):
+            text = text[: -len(TUNE_END)]
+        elif self.ended:  # ended by starting the next tune: drop its "X:"
+            text = text[: len(text) - len(self.line)]
+        return Tune(
+            text=(FIRST_LINE + text).rstrip("\n"),
+            ended=self.ended,
+            tokens=len(self.pieces),
+            mean_logprob=sequence.mean_logprob,
+        )
+
+
+def tune_request(
+    prime: str = "", meter: str | None = None, key: str | None = None
+) -> tuple[dict[str, str], str]:
+    """Headers to impose and music to start from, from a prime (``"M:6/8\\nK:D\\nA"``, where
+    ``\\n`` may be written as two characters) and a meter and key asked for apart from it."""
+    fields, music = parse_header_text(prime.replace("\\n", "\n"))
+    fields.pop("X", None)
+    for letter, value, option in (("M", meter, "--meter"), ("K", key, "--key")):
+        if value is None:
+            continue
+        value = value.strip()
+        if letter in fields and fields[letter] != value:
+            raise UsageError(f"{option} {value} contradicts {letter}:{fields[letter]} in --prime")
+        fields[letter] = value
+    meter = fields.get("M")
+    if meter is not None and meter_length(meter) is None and meter not in ("none", "C", "C|"):
+        raise UsageError(f"cannot read the meter {meter!r}; write it like 6/8, 3/4 or C")
+    if music.strip() and "K" not in fields:
+        raise UsageError("music in --prime needs a key first: a K: line or --key")
+    return fields, music
+
+
+def check_fields(tokenizer: Tokenizer, fields: dict[str, str], music: str = "") -> None:
+    """Refuse requested headers or music that the model could not write (unknown tokens)."""
+    for letter in fields:
+        if letter not in HEADER_ORDER or letter == "X":
+            allowed = ", ".join(f"{f}:" for f in HEADER_ORDER[1:])
+            raise UsageError(f"cannot ask for the header {letter}:; give only {allowed}")
+    text = header_lines(fields) + music
+    unknown = tokenizer.unknown_pieces(text)
+    if unknown:
+        shown = ", ".join(repr(p) for p in unknown[:10])
+        raise UsageError(
+            f"the model never saw {shown} in its corpus; ask for a meter, key or prime it knows"
+        )
+
+
+def generate_tunes(
+    model: RNNLanguageModel,
+    tokenizer: Tokenizer,
+    config: SampleConfig,
+    fields: dict[str, str] | None = None,
+    music: str = "",
+    device: torch.device | str = "cpu",
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[Tune]:
+    """``config.num`` tunes sampled together; ``config.length`` caps each tune's tokens.
+
+    ``fields`` are headers to impose (letter to value, e.g. ``{"M": "6/8", "K": "D"}``) and
+    ``music`` is where the music after the K: line starts. A tune ends when the model writes a
+    blank line; one still going at the cap is returned with ``ended`` false.
+    """
+    config.validate()
+    fields = dict(fields or {})
+    check_fields(tokenizer, fields, music)
+    prompt = prime_ids(tokenizer, TUNE_START)
+    controls = [TuneControl(tokenizer, fields, music) for _ in range(config.num)]
+    sequences = [
+        Sequence(prompt, config.length, config, sequence_key(config.seed, i), control)
+        for i, control in enumerate(controls)
+    ]
+    engine = Engine(model, device)
+    engine.add(sequences)
+    engine.run(should_stop)
+    return [control.tune(sequence) for control, sequence in zip(controls, sequences, strict=True)]
+
+
+def generate_valid_tunes(
+    model: RNNLanguageModel,
+    tokenizer: Tokenizer,
+    config: SampleConfig,
+    is_valid: Callable[[Tune], bool],
+    fields: dict[str, str] | None = None,
+    music: str = "",
+    device: torch.device | str = "cpu",
+    max_rounds: int = 10,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[Tune]:
+    """``config.num`` tunes that pass ``is_valid`` (and ended on their own), resampling those
+    that fail, for at most ``max_rounds`` rounds; each tune's ``attempts`` says how many tunes
+    were sampled for its place.
+
+    A place whose tunes all fail keeps its first tune, so the caller gets ``config.num`` tunes
+    and can say how many are invalid.
+    """
+    tunes: list[Tune | None] = [None] * config.num
+    attempts = [0] * config.num
+    failing = list(range(config.num))
+    for round_number in range(max_rounds):
+        seed = None if config.seed is None else config.seed + round_number
+        batch = replace(config, num=len(failing), seed=seed)
+        fresh = generate_tunes(model, tokenizer, batch, fields, music, device, should_stop)
+        still = []
+        for index, tune in zip(failing, fresh, strict=True):
+            attempts[index] += 1
+            good = tune.ended and is_valid(tune)
+            if good or tunes[index] is None:
+                tunes[index] = tune
+            if not good:
+                still.append(index)
+        failing = still
+        if not failing or should_stop():
+            break
+    return [replace(t, attempts=n) for t, n in zip(tunes, attempts, strict=True) if t is not None]
+
+
+def numbered(tunes: list[Tune]) -> list[Tune]:
+    """The tunes with X: set to 1, 2, 3, ..."""
+    return [replace(tune, text=renumber(tune.text, i + 1)) for i, tune in enumerate(tunes)]

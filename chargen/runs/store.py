@@ -1,0 +1,563 @@
+"""Run directories and the checkpoints in them: save, load, list, remove, prune.
+
+A run is one self-contained directory::
+
+    NAME/
+      run.json            format version, model and training config, progress summary
+      tokenizer.json      a standard Hugging Face tokenizer file
+      best.safetensors    weights with the lowest validation loss
+      last.safetensors    latest weights plus everything --resume needs: optimizer moments,
+                          carried hidden state, RNG state, and the TrainState in its metadata
+      metrics.jsonl       one JSON object per evaluation
+
+Every file is written to a temporary file and renamed into place, so a crash leaves the previous
+version whole. Tensors are stored in safetensors and nothing is ever unpickled. This is the only
+module that knows the layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+from chargen.config import ModelConfig, TrainConfig, from_dict, to_dict
+from chargen.errors import (
+    CheckpointError,
+    RunExistsError,
+    RunLockedError,
+    TokenizerError,
+    UsageError,
+)
+from chargen.files import atomic_path, staged_directory, write_atomic
+from chargen.model.rnn import RNNLanguageModel
+from chargen.text.tokenizer import Tokenizer
+from chargen.training.trainer import Trainer, TrainState
+
+FORMAT_VERSION = 1
+"""Bump when the layout changes, and add a named upgrade function for the old version."""
+
+ENV_VAR = "CHARGEN_CHECKPOINTS"
+DEFAULT_DIR = "checkpoints"
+RUN_FILE = "run.json"
+TOKENIZER_FILE = "tokenizer.json"
+BEST_FILE = "best.safetensors"
+LAST_FILE = "last.safetensors"
+METRICS_FILE = "metrics.jsonl"
+WEIGHTS = ("best", "last")
+
+_NAME = re.compile(r"^\w[\w.-]{0,99}$")  # \w: letters and digits of any script, and _
+
+
+def checkpoint_root(override: str | Path | None = None) -> Path:
+    """``override``, else ``$CHARGEN_CHECKPOINTS``, else ``./checkpoints``."""
+    return Path(override or os.environ.get(ENV_VAR) or DEFAULT_DIR)
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise UsageError(
+            f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' (no '/' or '..')"
+        )
+    return name
+
+
+def run_path(root: Path, name: str) -> Path:
+    """The directory of run ``name``, refusing names (or symlinks) that lead out of ``root``."""
+    path = root / check_name(name)
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        raise UsageError(f"run {name!r} is a link to {path.resolve()}, outside {root}; refusing it")
+    return path
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+def _save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors reports a full disk as its own error type
+            raise CheckpointError(f"cannot write {path}: {exc}") from None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """A run directory and its ``run.json``."""
+
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name  # the folder, so a copied or renamed run lists under its new name
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return from_dict(ModelConfig, self.info["model"])
+
+    @property
+    def train_config(self) -> TrainConfig:
+        # Runs saved before these were settings: a cosine decay, AdamW's betas (0.9, 0.99).
+        before = {"schedule": "cosine", "beta1": 0.9, "beta2": 0.99}
+        return from_dict(TrainConfig, before | self.info["train"])
+
+    @property
+    def level(self) -> str:
+        return self.info["train"]["level"]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def summary(self) -> dict[str, Any]:
+        """What ``checkpoints list`` and ``show`` report of the run."""
+        state, model = self.info.get("state", {}), self.info["model"]
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "level": self.info["train"].get("level"),
+            "cell": model.get("cell"),
+            "layers": model.get("num_layers"),
+            "hidden": model.get("hidden_size"),
+            "parameters": self.info.get("parameters"),
+            "steps": state.get("step", 0),
+            "tokens_seen": state.get("tokens_seen", 0),
+            "best_val_loss": state.get("best_val_loss"),
+            "best_val_bpc": state.get("best_val_bpc"),
+            "status": self.info.get("status"),
+            "resumable": self.info.get("resumable", False),
+            "corpus": self.info.get("corpus"),
+            "updated": self.info.get("updated"),
+            "disk_bytes": self.disk_bytes(),
+        }
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+def open_run(path: Path) -> Run:
+    """Read ``run.json`` of the run at ``path``; raise ``CheckpointError`` if it is not a run."""
+    run_file = path / RUN_FILE
+    if not run_file.is_file():
+        raise CheckpointError(f"{path}: not a chargen run (no {RUN_FILE})")
+    try:
+        info = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{run_file}: unreadable ({exc}); the run is damaged") from None
+    if not isinstance(info, dict) or "model" not in info or "train" not in info:
+        raise CheckpointError(f"{run_file}: missing model or training config; the run is damaged")
+    version = info.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version!r} is newer than this chargen understands "
+            f"({FORMAT_VERSION}); upgrade chargen"
+        )
+    _check_types(run_file, info)
+    return Run(path, info)
+
+
+def _check_types(run_file: Path, info: dict[str, Any]) -> None:
+    """Every config and state field that is present has its annotated type (a float may be an
+    int in JSON; a bool is never a number)."""
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("state", TrainState)):
+        values = info.get(section, {})
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{run_file}: {section!r} is not an object; the run is damaged")
+        for name, hint in typing.get_type_hints(cls).items():
+            value = values.get(name)
+            if value is None:
+                continue
+            kinds = tuple(k for k in typing.get_args(hint) or (hint,) if k is not type(None))
+            if float in kinds:
+                kinds += (int,)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise CheckpointError(
+                    f"{run_file}: {section}.{name} is {value!r}; the run is damaged"
+                )
+
+
+def scan_runs(root: Path) -> tuple[list[Run], list[Path]]:
+    """Readable runs under ``root``, most recently updated first, and the damaged ones."""
+    if not root.is_dir():
+        return [], []
+    runs, damaged = [], []
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and not child.name.startswith(".") and (child / RUN_FILE).exists():
+            try:
+                runs.append(open_run(child))
+            except CheckpointError:
+                damaged.append(child)
+    runs.sort(key=lambda r: r.info.get("updated", 0), reverse=True)
+    return runs, damaged
+
+
+def list_runs(root: Path) -> list[Run]:
+    return scan_runs(root)[0]
+
+
+def find_run_dir(spec: str, root: Path) -> Path:
+    """The directory of a run by name or path, even if the run inside is damaged."""
+    candidate = Path(spec)
+    path = (
+        candidate
+        if os.sep in spec or candidate.is_dir() and not (root / spec).exists()
+        else run_path(root, spec)
+    )
+    if not (path / RUN_FILE).exists():
+        raise CheckpointError(f"no run named {spec!r} in {root}")
+    return path
+
+
+def resolve_run(spec: str | None, root: Path) -> Run:
+    """A run by name under ``root``, by path to its directory, or the latest if ``spec`` is None."""
+    if spec is None:
+        runs = list_runs(root)
+        if not runs:
+            raise CheckpointError(
+                f"no runs in {root}; train one first: chargen train CORPUS --name NAME"
+            )
+        return runs[0]
+    candidate = Path(spec)
+    if (os.sep in spec or (os.altsep and os.altsep in spec)) or (
+        candidate.is_dir() and (candidate / RUN_FILE).is_file() and not (root / spec).exists()
+    ):
+        if candidate.is_file() and candidate.parent.joinpath(RUN_FILE).is_file():
+            candidate = candidate.parent  # a path to best.safetensors means its run
+        if not candidate.is_dir():
+            raise CheckpointError(f"{spec}: no such run directory")
+        return open_run(candidate)
+    path = run_path(root, spec)
+    if not path.is_dir():
+        names = [r.name for r in list_runs(root)]
+        hint = f"; runs in {root}: {', '.join(names)}" if names else f"; {root} has no runs yet"
+        raise CheckpointError(f"no run named {spec!r}{hint}")
+    return open_run(path)
+
+
+def remove_run(path: Path) -> None:
+    lock_run(path).close()
+    shutil.rmtree(path)
+
+
+LOCK_FILE = ".lock"
+
+
+def lock_run(path: Path):
+    """An exclusive lock on the run at ``path``, held while the returned file stays open.
+
+    The operating system drops the lock when the process ends, however it ends, so a crash
+    leaves no stale lock behind.
+    """
+    handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115 (the caller holds it open)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent runs are the user's to avoid
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunLockedError(
+            f"run {path.name!r} is being trained by another process; wait for it to finish "
+            "or stop it first"
+        ) from None
+    return handle
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def create_run(
+    root: Path,
+    name: str,
+    tokenizer: Tokenizer,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    corpus: str,
+    parameters: int,
+    force: bool = False,
+) -> Run:
+    """Make the directory of a new run with its ``run.json`` and ``tokenizer.json``."""
+    path = run_path(root, name)
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise RunExistsError(
+                f"a run named {name!r} already exists in {root}; "
+                "use --resume to continue it, --force to replace it, or another --name"
+            )
+        lock_run(path).close()  # refuse to delete a run that another process is training
+    now = time.time()
+    info = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created": now,
+        "updated": now,
+        "status": "new",
+        "corpus": corpus,
+        "parameters": parameters,
+        "model": to_dict(model_config),
+        "train": to_dict(train_config),
+        "state": to_dict(TrainState()),
+        "resumable": False,
+    }
+    # Built in a hidden folder and renamed into place: a crash never leaves a half-made run.
+    with staged_directory(path) as staging:
+        write_atomic(staging / TOKENIZER_FILE, tokenizer.to_json().encode())
+        _write_json(staging / RUN_FILE, info)
+    return Run(path, info)
+
+
+def _model_tensors(model: RNNLanguageModel) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for key, value in model.state_dict().items():
+        if model.config.tie_weights and key == "head.weight":
+            continue  # the same matrix as embedding.weight; safetensors stores no aliases
+        tensors[f"model.{key}"] = value.detach().to("cpu", torch.float32).contiguous()
+    return tensors
+
+
+def save_best(run: Run, trainer: Trainer) -> None:
+    metadata = {
+        "format_version": str(FORMAT_VERSION),
+        "step": str(trainer.state.step),
+        "val_loss": repr(trainer.state.best_val_loss),
+    }
+    _save_tensors_atomic(run.file(BEST_FILE), _model_tensors(trainer.model), metadata)
+
+
+def save_last(run: Run, trainer: Trainer, status: str) -> None:
+    """Everything ``--resume`` needs, in one file, then the summary in ``run.json``."""
+    tensors = _model_tensors(trainer.model)
+    optimizer = trainer.optimizer.state_dict()
+    for index, slots in optimizer["state"].items():
+        for key, value in slots.items():
+            tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+    saved = trainer.checkpoint_hidden
+    hidden = saved if isinstance(saved, tuple) else (saved,)
+    for index, tensor in enumerate(hidden):
+        tensors[f"hidden.{index}"] = tensor.detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if trainer.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
+    metadata = {
+        "format_version": str(FORMAT_VERSION),
+        "state": json.dumps(to_dict(trainer.state)),
+        "param_groups": json.dumps(optimizer["param_groups"]),
+    }
+    _save_tensors_atomic(run.file(LAST_FILE), tensors, metadata)
+    update_info(
+        run,
+        status=status,
+        state=to_dict(trainer.state),
+        resumable=True,
+        train=to_dict(trainer.config),
+    )
+
+
+def update_info(run: Run, **changes: Any) -> None:
+    run.info.update(changes, updated=time.time())
+    _write_json(run.file(RUN_FILE), run.info)
+
+
+def append_metrics(run: Run, record: dict[str, Any]) -> None:
+    # Appending one short line is as good as atomic here: a torn last line is skipped on reading.
+    with open(run.file(METRICS_FILE), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run: Run) -> list[dict[str, Any]]:
+    path = run.file(METRICS_FILE)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(run: Run) -> Tokenizer:
+    path = run.file(TOKENIZER_FILE)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{run.path}: {TOKENIZER_FILE} is missing; the run is damaged"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    try:
+        tokenizer = Tokenizer.from_json(text, run.level)
+    except TokenizerError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if tokenizer.vocab_size != run.model_config.vocab_size:
+        raise CheckpointError(
+            f"{run.path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+            f"{run.model_config.vocab_size}; the run is damaged"
+        )
+    return tokenizer
+
+
+def _read_tensors(path: Path, prefix: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (optionally only those under ``prefix``) and metadata of a safetensors file.
+
+    The file is read whole, in one ``open``: a trainer may replace it at any moment, and a
+    reader that opened it twice (once for the header, once for the data) could mix versions.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    try:
+        header_size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_size])  # JSON: the format has no code in it
+        metadata = header.get("__metadata__") or {}
+        tensors = {
+            k: v
+            for k, v in load_safetensors(data).items()
+            if prefix is None or k.startswith(prefix)
+        }
+    except Exception as exc:  # safetensors raises several error types for damaged files
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({exc}); "
+            "the checkpoint is corrupt or truncated"
+        ) from None
+    return tensors, metadata
+
+
+def _load_weights(model: RNNLanguageModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path}: weights do not fit the model config ({first})") from None
+    allowed = {"head.weight"} if model.config.tie_weights else set()
+    if set(missing) - allowed or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit the model config "
+            f"(missing {sorted(set(missing) - allowed)}, unexpected {sorted(unexpected)})"
+        )
+
+
+def weights_path(run: Run, weights: str = "best") -> Path:
+    """``best`` falls back to ``last`` for runs that never evaluated."""
+    if weights not in WEIGHTS:
+        raise UsageError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    path = run.file(BEST_FILE if weights == "best" else LAST_FILE)
+    if weights == "best" and not path.exists() and run.file(LAST_FILE).exists():
+        path = run.file(LAST_FILE)
+    if not path.exists():
+        if weights == "last" and run.file(BEST_FILE).exists():
+            raise CheckpointError(
+                f"{run.path}: the last weights were pruned (prune --best-only); use --weights best"
+            )
+        raise CheckpointError(f"{run.path}: no weights saved yet")
+    return path
+
+
+def load_model(
+    run: Run, weights: str = "best", device: torch.device | str = "cpu"
+) -> tuple[RNNLanguageModel, Tokenizer]:
+    """The model (in eval mode, on ``device``) and tokenizer of a run."""
+    tokenizer = load_tokenizer(run)
+    model = RNNLanguageModel(run.model_config)
+    path = weights_path(run, weights)
+    tensors, _ = _read_tensors(path, prefix="model.")
+    _load_weights(model, tensors, path)
+    return model.to(device).eval(), tokenizer
+
+
+def restore_trainer(run: Run, trainer: Trainer) -> None:
+    """Restore model, optimizer, data position, hidden state and RNG as ``save_last`` left them."""
+    path = run.file(LAST_FILE)
+    if not path.exists():
+        raise CheckpointError(
+            f"{run.path}: nothing to resume yet (stopped before its first checkpoint); "
+            "start it again with --force"
+        )
+    tensors, metadata = _read_tensors(path)
+    if "state" not in metadata:
+        raise CheckpointError(
+            f"{run.path}: this run cannot be resumed (no optimizer state; was it pruned?)"
+        )
+    _load_weights(trainer.model, tensors, path)
+    try:
+        state = json.loads(metadata["state"])
+        groups = json.loads(metadata["param_groups"])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: damaged training state; cannot resume") from None
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, slot = key.split(".", 2)
+            optim_state.setdefault(int(index), {})[slot] = value
+    for saved, current in zip(groups, trainer.optimizer.param_groups, strict=False):
+        # How the update is computed belongs to this machine, not to the saved run.
+        for key in ("fused", "foreach"):
+            saved[key] = current.get(key)
+    try:
+        trainer.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: optimizer state does not fit the model ({exc})") from None
+    hidden = [tensors[f"hidden.{i}"] for i in range(2) if f"hidden.{i}" in tensors]
+    expected = trainer.hidden if isinstance(trainer.hidden, tuple) else (trainer.hidden,)
+    streams = trainer.batches.batch_size * trainer.world.size
+    if len(hidden) != len(expected) or any(h.shape[1] != streams for h in hidden):
+        raise CheckpointError(f"{path}: saved hidden state does not fit this run's batch size")
+    trainer.load_hidden(tuple(hidden) if len(hidden) == 2 else hidden[0])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
+    known = {f.name for f in dataclasses.fields(TrainState)}
+    trainer.state = TrainState(**{k: v for k, v in state.items() if k in known})
+
+
+# ---------------------------------------------------------------------------- pruning
+
+
+def prune_run(run: Run, best_only: bool = False, force: bool = False) -> int:
+    """Free disk: drop resume state from ``last`` (or ``last`` itself with ``best_only``).
+
+    Returns the bytes freed. A pruned run still samples and evaluates but cannot be resumed, so
+    a run that has not finished is refused unless ``force``.
+    """
+    if run.info.get("status") != "finished" and run.info.get("resumable") and not force:
+        raise UsageError(
+            f"run {run.name!r} is {run.info.get('status')} and could still be resumed; "
+            "pruning would prevent that. Add --force to prune it anyway"
+        )
+    before = run.disk_bytes()
+    last = run.file(LAST_FILE)
+    if best_only and run.file(BEST_FILE).exists():
+        last.unlink(missing_ok=True)
+    elif last.exists() and run.info.get("resumable"):
+        tensors, metadata = _read_tensors(last, prefix="model.")
+        _save_tensors_atomic(last, tensors, {"format_version": metadata.get("format_version", "1")})
+    update_info(run, resumable=False)
+    return before - run.disk_bytes()

@@ -1,0 +1,209 @@
+"""Tokenizers: text to token ids and back, built on Hugging Face ``tokenizers``.
+
+Each level is a ``WordLevel`` model over pieces cut by a pre-tokenizer regex, with the ``Fuse``
+decoder so decoding concatenates pieces instead of joining them with spaces:
+
+- ``char``: every character is a piece (``[\\s\\S]``: a plain ``.`` would skip newlines).
+- ``word``: runs of word characters, single punctuation marks and single whitespace characters are
+  pieces, so whitespace and punctuation survive the round trip exactly.
+- ``abc``: music tokens of ABC notation (header fields, notes with accidentals and octave marks,
+  durations, bar lines and repeats, decorations; see ``ABC_PATTERN``), and single characters for
+  everything else, such as titles. Its texts are separate pieces (tunes) divided by a blank line.
+
+The saved ``tokenizer.json`` is a standard file that ``tokenizers.Tokenizer.from_file`` loads and
+that encodes exactly as this module does. Encoding a whole corpus goes through fast paths (a numpy
+lookup for characters, batched encoding for words) that give the same ids as the Hugging Face
+tokenizer; one ``encode`` call on a megabyte string would take seconds.
+
+This module knows nothing about models, files on disk or the command line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from chargen.config import LEVELS
+from chargen.errors import TokenizerError, UsageError
+
+UNK = "<unk>"
+"""Stands for any piece outside the vocabulary; always id 0."""
+
+PIECE_END = "\n\n"
+"""What ends one piece of a corpus made of separate pieces (an ABC tune): a blank line."""
+
+ABC_PATTERN = "|".join(
+    [
+        r"^[A-Za-z]:(?!\|)",  # a field at the start of a line: X: T: M: K: ... (not "B:|")
+        r"(?<=^[MLK]:)[^\n]+",  # the whole value of M:, L:, K: (6/8, 1/8, Dmix)
+        r"\[[A-Za-z]:[^\]\n]*\]",  # inline field: [K:G] [M:3/4]
+        r'"[^"\n]*"',  # chord symbol or annotation
+        r"![^!\s|]+!",  # decoration: !trill! !fermata!
+        r"\[\||:*\|+[\]:]*\d*|::+\d*|\[\d+",  # bar lines, repeats, first and second endings
+        r"\(\d(?::\d*){0,2}",  # tuplet: (3 (3:2:3
+        r"[_^=]*[A-Ga-gzx][,']*",  # note or rest with accidentals and octave marks
+        r"\d*/+\d*|\d",  # duration: 2 /2 3/2 // 3/ (single digits: X:1234 is four pieces)
+        r"[<>]+",  # broken rhythm
+        r"[\s\S]",  # anything else, one character at a time (newlines included)
+    ]
+)
+"""Pieces of the ``abc`` level, tried in order at each position.
+
+Every character falls into exactly one piece and no piece spans a newline, so decoding the
+pieces gives the text back exactly.
+"""
+
+
+@dataclass(frozen=True)
+class Level:
+    """A tokenizer level: how text is cut into pieces, and whether its corpora are one text."""
+
+    name: str
+    pattern: str  # the pre-tokenizer regex; every character falls into exactly one piece
+    separate: bool = False  # a corpus is separate pieces (tunes), each ending at ``PIECE_END``
+
+
+LEVEL_SPECS = {
+    "char": Level("char", r"[\s\S]"),  # [\s\S], not ".": a plain dot skips newlines
+    "word": Level("word", r"\w+|[^\w\s]|\s"),
+    "abc": Level("abc", ABC_PATTERN, separate=True),
+}
+assert tuple(LEVEL_SPECS) == LEVELS, "config.LEVELS and the registry must list the same levels"
+
+_ASCII_WORD = re.compile(r"[A-Za-z0-9_]+|[^A-Za-z0-9_\s]|\s", re.ASCII)
+"""The word level's pieces for ASCII text, where Rust's Unicode classes agree with these."""
+_CHUNK_CHARS = 1 << 16  # corpus pieces handed to encode_batch; big enough to amortise call cost
+
+
+class Tokenizer:
+    """A trained tokenizer of one level, wrapping a Hugging Face ``Tokenizer``."""
+
+    def __init__(self, hf: HFTokenizer, level: str):
+        if level not in LEVELS:
+            raise UsageError(f"unknown level {level!r}; choose one of: {', '.join(LEVELS)}")
+        self._hf = hf
+        self.level = level
+        self.spec = LEVEL_SPECS[level]
+        vocab = hf.get_vocab()
+        if vocab.get(UNK) != 0:
+            raise TokenizerError(
+                f"tokenizer has no {UNK} token at id 0; it was not made by chargen"
+            )
+        self.pieces: list[str] = [""] * len(vocab)
+        for piece, index in vocab.items():
+            self.pieces[index] = piece
+        self._vocab = vocab
+        # Characters each token stands for (<unk> counts as one), for bits per character.
+        self.piece_lengths = np.array([len(p) for p in self.pieces], dtype=np.int64)
+        self.piece_lengths[0] = 1
+        self._char_table: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- building and storing
+
+    @classmethod
+    def from_characters(cls, characters):
+        """A character-level tokenizer over ``characters``, in code-point order."""
+        pieces = sorted(set(characters) - {UNK})
+        vocab = {UNK: 0} | {piece: i + 1 for i, piece in enumerate(pieces)}
+        return cls(_build_hf(vocab, "char"), "char")
+
+    @classmethod
+    def train_from_chunks(cls, chunks, level: str, vocab_size: int = 10_000, min_freq: int = 1):
+        """A word-like level trained on text given in pieces that end at line breaks."""
+        # Count pieces with the tokenizer's own pre-tokenizer: Python's re and the Rust
+        # regex engine disagree on what \w matches (combining marks, for one).
+        hf = _build_hf({UNK: 0}, level)
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size, min_frequency=min_freq, special_tokens=[UNK], show_progress=False
+        )
+        hf.train_from_iterator(chunks, trainer)
+        return cls(hf, level)
+
+    @classmethod
+    def from_json(cls, data: str, level: str):
+        try:
+            hf = HFTokenizer.from_str(data)
+        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+            raise TokenizerError(f"not a valid tokenizer file: {exc}") from None
+        return cls(hf, level)
+
+    def to_json(self) -> str:
+        return self._hf.to_str(pretty=True)
+
+    # ----------------------------------------------------------------- encoding and decoding
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text`` as an int64 array, equal to what the HF tokenizer gives."""
+        if not text:
+            return np.zeros(0, dtype=np.int64)
+        if self.level == "char":
+            return self._encode_chars(text)
+        if self.level == "word" and text.isascii():
+            # On ASCII text this pattern cuts exactly where the Rust regex of the word level
+            # does, and a dict lookup per piece is five times faster than encode_batch.
+            vocab = self._vocab
+            pieces = _ASCII_WORD.findall(text)
+            return np.fromiter((vocab.get(p, 0) for p in pieces), np.int64, len(pieces))
+        ids: list[int] = []
+        for encoding in self._hf.encode_batch(list(_chunks(text)), add_special_tokens=False):
+            ids.extend(encoding.ids)
+        return np.asarray(ids, dtype=np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; ``<unk>`` decodes to the literal ``<unk>``."""
+        pieces = self.pieces
+        return "".join(pieces[i] for i in ids)
+
+    @property
+    def separate_pieces(self) -> bool:
+        """Whether this level's corpora are separate pieces (tunes) ending at ``PIECE_END``."""
+        return self.spec.separate
+
+    def id_of(self, piece: str) -> int | None:
+        """The id of ``piece``, or None where it is not in the vocabulary."""
+        return self._vocab.get(piece)
+
+    def unknown_pieces(self, text: str) -> list[str]:
+        """Pieces of ``text`` outside the vocabulary, in order of first appearance."""
+        found = self._hf.pre_tokenizer.pre_tokenize_str(text)
+        return list(dict.fromkeys(p for p, _ in found if p not in self._vocab))
+
+    def _encode_chars(self, text: str) -> np.ndarray:
+        if self._char_table is None:
+            # id of every code point up to the largest known one; one slot past it stays 0 (<unk>)
+            # so that np.take's clipping sends every larger code point there.
+            singles = {ord(p): i for p, i in self._vocab.items() if len(p) == 1}
+            self._char_table = np.zeros(max(singles, default=0) + 2, dtype=np.int64)
+            self._char_table[list(singles)] = list(singles.values())
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point each
+        return np.take(self._char_table, codes, mode="clip")
+
+
+def _build_hf(vocab: dict[str, int], level: str) -> HFTokenizer:
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(LEVEL_SPECS[level].pattern), behavior="isolated")
+    hf.decoder = decoders.Fuse()
+    return hf
+
+
+def _chunks(text: str) -> Iterable[str]:
+    """Cut ``text`` after newlines into pieces of about ``_CHUNK_CHARS``.
+
+    Every level's pieces end at a newline (a newline is a piece of its own), so encoding the
+    chunks separately gives the same ids as encoding the whole text.
+    """
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + _CHUNK_CHARS)
+        end = len(text) if end == -1 else end + 1
+        yield text[start:end]
+        start = end

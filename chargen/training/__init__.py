@@ -1,0 +1,1 @@
+"""The training loop (callbacks, no printing), evaluation, worker threads and torch.distributed."""

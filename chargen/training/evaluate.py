@@ -1,0 +1,81 @@
+"""Evaluation: the loss of a model over every prediction of a long text, as parallel streams.
+
+Validation during training and ``chargen eval`` both come here. The text is laid out as parallel
+streams (``chargen.text.batches.eval_layout``), each scored from a zero state and carried across
+windows; worker threads and data-parallel processes share the streams, and their sums add up to
+one ``Score``. Nothing here changes the model's weights.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from chargen.metrics import Score
+from chargen.model.device import autocast
+from chargen.model.rnn import RNNLanguageModel
+from chargen.text.batches import IGNORE, Stream, eval_layout
+from chargen.training.distributed import SINGLE, World, sum_all
+from chargen.training.workers import SINGLE as CALLING_THREAD
+from chargen.training.workers import Workers
+
+
+def evaluate(
+    model: RNNLanguageModel,
+    stream: Stream,
+    device: torch.device,
+    bf16: bool = False,
+    window: int = 256,
+    world: World = SINGLE,
+    workers: Workers = CALLING_THREAD,
+) -> Score:
+    """Mean loss of ``model`` over every prediction of ``stream``, carrying state across windows.
+
+    In a distributed run each process scores every ``world.size``-th stream and the sums are
+    added up, so every process gets the same result; within a process ``workers`` share the
+    streams."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for all_inputs, all_targets in eval_layout(stream.ids, starts=stream.starts):
+        inputs, targets = (
+            all_inputs[world.rank :: world.size],
+            all_targets[world.rank :: world.size],
+        )
+        if len(inputs) == 0:
+            continue
+        score = functools.partial(_score_streams, model, inputs, targets, device, bf16, window)
+        for part_total, part_count in workers.map(score, len(inputs)):
+            total += part_total
+            count += part_count
+    model.train(was_training)
+    total, count = sum_all([total, float(count)], world)
+    return Score(total, int(count), stream.chars if count else 0)
+
+
+@torch.inference_mode()  # per thread: each worker enters it itself
+def _score_streams(
+    model: RNNLanguageModel,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    bf16: bool,
+    window: int,
+    rows: slice,
+) -> tuple[float, int]:
+    """Summed loss and count of the scored targets of streams ``rows`` of ``inputs`` (B, T)."""
+    inputs, targets = inputs[rows], targets[rows]
+    total, count = 0.0, 0
+    hidden = model.init_hidden(inputs.shape[0])
+    for start in range(0, inputs.shape[1], window):
+        x = inputs[:, start : start + window].to(device)  # (B, T)
+        y = targets[:, start : start + window].to(device)  # (B, T)
+        with autocast(device, bf16):
+            logits, hidden = model(x, hidden)
+        total += F.cross_entropy(
+            logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=IGNORE
+        ).item()
+        count += int((y != IGNORE).sum())
+    return total, count

@@ -1,0 +1,206 @@
+"""The generation engine, token choice and text samples (chargen.generation)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chargen.config import SampleConfig
+from chargen.errors import UsageError
+from chargen.generation.engine import BeamEngine, Engine, Sequence
+from chargen.generation.sampling import Settings, choose, sequence_key
+from chargen.generation.text import StopScanner, beam, sample
+from chargen.model.rnn import RNNLanguageModel
+from tests.conftest import VERSE, tiny_model
+from tests.helpers import tokenizer_for
+
+
+def draw(logits, temperature, top_k=None, top_p=None, seed=0):
+    """``choose`` with the same settings for every row and uniform draws from ``seed``."""
+    rows = logits.shape[0]
+    uniform = torch.rand(rows, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    config = SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    return choose(logits, Settings.of([config] * rows), uniform)
+
+
+def generated(model, prompt, length, **settings):
+    """The tokens one sequence generates on its own."""
+    sequence = Sequence(prompt, length, SampleConfig(**settings), key=sequence_key(3))
+    engine = Engine(model)
+    engine.add([sequence])
+    engine.run()
+    return sequence.ids
+
+
+@pytest.fixture
+def model_and_tokenizer():
+    tokenizer = tokenizer_for(VERSE, "char")
+    torch.manual_seed(0)
+    model = RNNLanguageModel(tiny_model("gru", vocab_size=tokenizer.vocab_size)).eval()
+    return model, tokenizer
+
+
+def test_same_seed_gives_the_same_sample(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    config = SampleConfig(length=80, temperature=1.0, seed=7, prime="The")
+    first = sample(model, tokenizer, config)[0].text
+    assert first == sample(model, tokenizer, config)[0].text
+    other = sample(model, tokenizer, SampleConfig(length=80, temperature=1.0, seed=8, prime="The"))
+    assert other[0].text != first
+
+
+def greedy_by_hand(model, prime_ids, length):
+    """Greedy decoding by rerunning the whole sequence each step: no carried state at all."""
+    ids = list(prime_ids)
+    with torch.no_grad():
+        for _ in range(length):
+            logits, _ = model(torch.tensor([ids]))
+            row = logits[0, -1].clone()
+            row[0] = -float("inf")
+            ids.append(int(row.argmax()))
+    return ids[len(prime_ids) :]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(temperature=0.0), dict(temperature=1.0, top_k=1), dict(temperature=0.7, top_p=1e-9)],
+)
+def test_greedy_settings_equal_greedy_decoding_of_the_full_sequence(model_and_tokenizer, options):
+    model, tokenizer = model_and_tokenizer
+    prime = tokenizer.encode("The tide").tolist()
+    assert generated(model, prime, 40, **options) == greedy_by_hand(model, prime, 40)
+
+
+def test_batched_samples_are_independent_draws(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    samples = sample(model, tokenizer, SampleConfig(length=60, temperature=1.5, num=4, seed=1))
+    assert len(samples) == 4 and len({s.text for s in samples}) == 4
+    assert all(s.tokens == 60 and s.mean_logprob < 0 for s in samples)
+
+
+def test_unk_is_never_sampled(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    with torch.no_grad():
+        model.head.bias[0] = 100.0  # make <unk> overwhelmingly likely
+    samples = sample(model, tokenizer, SampleConfig(length=50, temperature=1.0, seed=0))
+    assert "<unk>" not in samples[0].text
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_draws_follow_the_tempered_distribution(temperature):
+    logits = torch.tensor([-math.inf, 2.0, 1.0, 0.0, -1.0, -math.inf, 0.5])
+    rows = 40_000
+    draws = draw(logits.expand(rows, -1), temperature, seed=1)
+    frequencies = torch.bincount(draws, minlength=len(logits)).double() / rows
+    expected = torch.softmax(logits.double() / temperature, dim=-1)
+    assert frequencies[0] == frequencies[5] == 0  # probability zero is never drawn
+    standard_error = (expected * (1 - expected) / rows).sqrt()
+    assert torch.all((frequencies - expected).abs() <= 4 * standard_error)
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-6])
+def test_a_tiny_temperature_picks_the_likeliest_allowed_token(temperature):
+    logits = torch.tensor([[-math.inf, 1.0, 5.0, 2.0], [3.0, 1e30, -1e30, 0.0]])
+    assert draw(logits, temperature).tolist() == [2, 1]
+
+
+def test_top_k_keeps_only_the_k_likeliest():
+    logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, -1.0]])
+    draws = {int(draw(logits, 1.0, top_k=2, seed=seed)) for seed in range(200)}
+    assert draws == {1, 2}
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    draws = {int(draw(logits, 1.0, top_p=0.7, seed=seed)) for seed in range(300)}
+    assert draws == {0, 1}
+
+
+def test_prime_with_unseen_characters_names_them(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(UsageError, match=r"never saw: 'Z', '€'"):
+        sample(model, tokenizer, SampleConfig(length=5, prime="Z€ tide"))
+
+
+def test_sample_stops_at_the_stop_text(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    free = sample(model, tokenizer, SampleConfig(length=300, temperature=1.0, seed=2))[0].text
+    stop = free[5:7]
+    stopped = sample(model, tokenizer, SampleConfig(length=300, temperature=1.0, seed=2, stop=stop))
+    assert stopped[0].text == free[: free.index(stop)]
+
+
+@given(
+    st.text(alphabet="ab\n", max_size=40),
+    st.text(alphabet="ab\n", min_size=1, max_size=3),
+    st.lists(st.integers(1, 5), max_size=40),
+)
+def test_stop_scanner_output_is_the_text_before_the_first_stop(text, stop, cuts):
+    scanner = StopScanner(stop)
+    out, position = [], 0
+    for size in cuts + [len(text)]:
+        out.append(scanner.feed(text[position : position + size]))
+        position += size
+    out.append(scanner.flush())
+    expected = text[: text.index(stop)] if stop in text else text
+    assert "".join(out) == expected
+
+
+def test_stop_scanner_without_stop_passes_everything_through():
+    scanner = StopScanner(None)
+    assert scanner.feed("abc") == "abc" and scanner.flush() == ""
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=-0.1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_k=0),
+        dict(length=0),
+        dict(num=0),
+    ],
+)
+def test_bad_sampling_options_are_usage_errors(bad):
+    with pytest.raises(UsageError):
+        SampleConfig(**bad).validate()
+
+
+def test_beam_of_width_one_is_greedy(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prime = tokenizer.encode("The tide").tolist()
+    found = BeamEngine(model, 1).search(prime, 30)
+    assert found.ids == greedy_by_hand(model, prime, 30)
+    text = beam(model, tokenizer, "The tide", 1, 30).text
+    assert text == "The tide" + tokenizer.decode(found.ids)
+
+
+def test_wider_beam_finds_a_continuation_at_least_as_likely(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prime = tokenizer.encode("the").tolist()
+    narrow = BeamEngine(model, 1).search(prime, 25).logprob
+    found = BeamEngine(model, 8).search(prime, 25)
+    ids, wide = found.ids, found.logprob
+    assert wide >= narrow - 1e-4
+    with torch.no_grad():  # the reported score is the sequence's log-probability (no <unk>)
+        logits, _ = model(torch.tensor([prime + ids[:-1]]))
+        logits[..., 0] = -math.inf
+        logprobs = torch.log_softmax(logits[0, len(prime) - 1 :], dim=-1)
+        assert logprobs.gather(-1, torch.tensor(ids)[:, None]).sum().item() == pytest.approx(
+            wide, abs=1e-3
+        )
+
+
+def test_should_stop_ends_sampling_early(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    calls = []
+    samples = sample(
+        model,
+        tokenizer,
+        SampleConfig(length=500, seed=1),
+        should_stop=lambda: len(calls.append(1) or calls) >= 10,
+    )
+    assert samples[0].tokens == 10

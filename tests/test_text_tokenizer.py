@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer as HFTokenizer
+
+from chargen.errors import TokenizerError
+from chargen.text.tokenizer import UNK, Tokenizer
+from tests.helpers import tokenizer_for
+
+# Text with the awkward parts on purpose: newlines, CRLF, tabs, space runs, non-ASCII.
+awkward = st.text(
+    alphabet=st.sampled_from(list("ab c\n\r\t  éü中🙂,.!'-_0")) | st.characters(codec="utf-8"),
+    max_size=200,
+)
+
+
+@given(awkward)
+def test_char_round_trip_is_exact(text):
+    tokenizer = tokenizer_for(text, "char")
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+@given(awkward, st.data())
+def test_char_round_trip_on_any_text_over_the_training_vocabulary(train_text, data):
+    tokenizer = tokenizer_for(train_text, "char")
+    alphabet = sorted(set(train_text))
+    text = data.draw(st.text(alphabet=st.sampled_from(alphabet), max_size=100)) if alphabet else ""
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+@given(awkward)
+def test_word_round_trip_is_exact_when_the_vocabulary_holds_every_piece(text):
+    tokenizer = tokenizer_for(text, "word", vocab_size=10_000)
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+@settings(max_examples=50)
+@given(train_text=awkward, text=awkward)
+def test_fast_encoding_matches_the_hugging_face_tokenizer(
+    level, train_text, text, tmp_path_factory
+):
+    tokenizer = tokenizer_for(train_text, level)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    path.write_text(tokenizer.to_json(), encoding="utf-8")
+    plain = HFTokenizer.from_file(str(path))  # the saved file, read by plain `tokenizers`
+    expected = plain.encode(text, add_special_tokens=False).ids if text else []
+    assert tokenizer.encode(text).tolist() == expected
+
+
+def test_word_level_keeps_whitespace_and_punctuation_as_tokens():
+    tokenizer = tokenizer_for("Hello,  world!\n", "word")
+    pieces = [tokenizer.pieces[i] for i in tokenizer.encode("Hello,  world!\n")]
+    assert pieces == ["Hello", ",", " ", " ", "world", "!", "\n"]
+
+
+def test_word_level_caps_the_vocabulary_and_maps_the_rest_to_unk():
+    text = "a a a a b b b c c d\n"
+    tokenizer = tokenizer_for(text, "word", vocab_size=4)  # <unk>, 'a', ' ', 'b'
+    assert tokenizer.vocab_size == 4
+    assert tokenizer.decode(tokenizer.encode("a d")) == f"a {UNK}"
+
+
+def test_word_level_min_freq_drops_rare_words():
+    tokenizer = tokenizer_for("x x x y\n", "word", min_freq=2)
+    assert "y" not in tokenizer.pieces and "x" in tokenizer.pieces
+
+
+def test_vocabulary_ids_are_deterministic():
+    text = "banana bread, banana\n"
+    first = tokenizer_for(text, "word").pieces
+    assert first == tokenizer_for(text, "word").pieces
+    assert first[:3] == [UNK, " ", "banana"]  # <unk>, then by falling frequency
+
+
+def test_unknown_characters_encode_to_unk_and_are_named():
+    tokenizer = tokenizer_for("abc", "char")
+    assert tokenizer.encode("abz").tolist()[-1] == 0
+    assert tokenizer.unknown_pieces("xaby") == ["x", "y"]
+
+
+def test_saved_tokenizer_is_a_standard_file_with_the_fuse_decoder():
+    tokenizer = tokenizer_for("hi there\n", "char")
+    data = json.loads(tokenizer.to_json())
+    assert data["model"]["type"] == "WordLevel"
+    assert data["decoder"]["type"] == "Fuse"
+    plain = HFTokenizer.from_str(tokenizer.to_json())
+    ids = plain.encode("the\nhi", add_special_tokens=False).ids
+    assert plain.decode(ids) == "the\nhi"
+
+
+def test_malformed_tokenizer_json_is_a_tokenizer_error():
+    with pytest.raises(TokenizerError):
+        Tokenizer.from_json("{not json", "char")
+
+
+def test_encoding_returns_int64_arrays():
+    ids = tokenizer_for("abc", "char").encode("abc")
+    assert ids.dtype == np.int64 and ids.tolist() == [1, 2, 3]
+
+
+@settings(max_examples=200)
+@given(
+    train_text=st.text(st.characters(max_codepoint=127)),
+    text=st.text(st.characters(max_codepoint=127)),
+)
+def test_ascii_fast_path_of_the_word_level_matches_the_hugging_face_tokenizer(train_text, text):
+    tokenizer = tokenizer_for(train_text, "word")
+    saved = HFTokenizer.from_str(tokenizer.to_json())  # the file a run keeps, as HF reads it
+    expected = saved.encode(text, add_special_tokens=False).ids if text else []
+    assert tokenizer.encode(text).tolist() == expected
