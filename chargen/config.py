@@ -19,7 +19,7 @@ CELLS = ("rnn", "lstm", "gru")
 """Recurrent cell names; the model's registry and the CLI's choices both read this tuple."""
 
 LEVELS = ("char", "word", "abc")
-"""Tokenizer levels; ``chargen.tokenizer`` maps each to its builder."""
+"""Tokenizer levels; ``chargen.text.tokenizer.LEVEL_SPECS`` says how each cuts text."""
 
 SCHEDULES = ("wsd", "cosine")
 """Learning-rate schedules after the warm-up: warm-up, stable, decay; or cosine decay."""

@@ -30,7 +30,7 @@ def make_trainer(
         tiny_model(cell, vocab_size=tokenizer.vocab_size, dropout=dropout, num_layers=layers)
     )
     ids = tokenizer.encode(train_text)
-    starts = piece_starts(tokenizer, ids)  # as chargen.session does: ABC tunes are pieces
+    starts = piece_starts(tokenizer, ids)  # as chargen.runs.session does: ABC tunes are pieces
     batches = Batches(
         ids,
         config.batch_size,

@@ -8,6 +8,7 @@ Like every command module, it parses options, calls the library (``chargen.music
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -174,27 +175,27 @@ def abc_check(file, as_json, corpus_file, no_parse, timeout):
 # ------------------------------------------------------------------------------ sample tunes
 
 
-def sample_tunes(
-    model,
-    config,
-    *,
-    output: str | None,
-    as_json: bool,
-    midi: str | None,
-    wav: bool,
-    svg: bool,
-    meter: str | None,
-    key: str | None,
-    valid_only: bool,
-    cap_given: bool,
-    temperature_given: bool,
-) -> None:
-    """``chargen sample`` for a tune model: ``config.num`` complete tunes, optionally exported."""
+@dataclass
+class TuneOptions:
+    """What ``chargen sample`` was asked for beyond the text options, for a tune model."""
+
+    meter: str | None = None
+    key: str | None = None
+    valid_only: bool = False
+    midi: str | None = None  # folder for tunes.abc and one MIDI file per tune
+    wav: bool = False
+    svg: bool = False
+    output: str | None = None
+    as_json: bool = False
+
+
+def sample_tunes(model, config, options: TuneOptions, cap: int, temperature: float) -> None:
+    """``chargen sample`` for a tune model: ``config.num`` complete tunes of at most ``cap``
+    tokens at ``temperature``, optionally exported."""
     from chargen.cli.base import stop_on_interrupt
     from chargen.music.export import check_tools
-    from chargen.music.tunes import TUNE_CAP, TUNE_TEMPERATURE
 
-    if (wav or svg) and midi is None:
+    if (options.wav or options.svg) and options.midi is None:
         raise CliError("--wav and --svg write next to the MIDI files: give --midi DIR", 2)
     if config.stop is not None:
         raise CliError(
@@ -202,44 +203,31 @@ def sample_tunes(
             "cap a tune's length with --length",
             2,
         )
-    if midi is not None or valid_only:
-        check_tools(wav=wav, svg=svg)  # before sampling, not after
+    if options.midi is not None or options.valid_only:
+        check_tools(wav=options.wav, svg=options.svg)  # before sampling, not after
     with stop_on_interrupt() as should_stop:
         tunes = model.tunes(
             config.num,
-            meter=meter,
-            key=key,
+            meter=options.meter,
+            key=options.key,
             prime=config.prime,
-            temperature=config.temperature if temperature_given else TUNE_TEMPERATURE,
+            temperature=temperature,
             top_k=config.top_k,
             top_p=config.top_p,
             seed=config.seed,
-            length=config.length if cap_given else TUNE_CAP,
-            valid_only=valid_only,
+            length=cap,
+            valid_only=options.valid_only,
             should_stop=should_stop,
         )
     rendered = "\n\n".join(t.text for t in tunes) + "\n"
-    exported = _export(tunes, rendered, midi, wav, svg) if midi is not None else [{}] * len(tunes)
-    if as_json:
-        write_output(
-            "".join(json_line(_record(t) | e) + "\n" for t, e in zip(tunes, exported, strict=True)),
-            output,
-        )
-    else:
-        write_output(rendered, output)
-    click.echo(
-        _tunes_message(
-            tunes,
-            config.length if cap_given else TUNE_CAP,
-            valid_only,
-            midi,
-            wav,
-            svg,
-            exported,
-            output,
-        ),
-        err=True,
-    )
+    exported = [{} for _ in tunes]
+    if options.midi is not None:
+        exported = _export(tunes, rendered, options.midi, options.wav, options.svg)
+    if options.as_json:
+        records = [_record(tune) | files for tune, files in zip(tunes, exported, strict=True)]
+        rendered = "".join(json_line(record) + "\n" for record in records)
+    write_output(rendered, options.output)
+    click.echo(_tunes_message(tunes, cap, options, exported), err=True)
 
 
 def _record(tune) -> dict:
@@ -279,13 +267,14 @@ def _export(tunes, rendered: str, midi: str, wav: bool, svg: bool) -> list[dict]
     return exported
 
 
-def _tunes_message(tunes, cap, valid_only, midi, wav, svg, exported, output) -> str:
+def _tunes_message(tunes, cap: int, options: TuneOptions, exported: list[dict]) -> str:
     ended = sum(t.ended for t in tunes)
     message = (
         f"{len(tunes)} tune{'s' if len(tunes) != 1 else ''}: {ended} ended on their own "
         f"before the cap of {cap} tokens"
     )
-    if valid_only:
+    midi, wav, svg, output = options.midi, options.wav, options.svg, options.output
+    if options.valid_only:
         resampled = sum(t.attempts - 1 for t in tunes)
         message += f", {sum(bool(t.valid) for t in tunes)} valid ({resampled} resampled)"
     if midi is not None:

@@ -115,13 +115,13 @@ def sample(ctx, run, beam, midi, wav, svg, meter, key, valid_only, **options):
         raise CliError("--beam cannot be combined with --midi, --meter, --key or --valid-only", 2)
     model = load_model(ctx, run, weights, device)
     if beam is None and (music_options or model.writes_tunes):
-        from chargen.cli.music import sample_tunes
+        from chargen.cli.music import TuneOptions, sample_tunes
+        from chargen.music.tunes import TUNE_CAP, TUNE_TEMPERATURE
 
-        sample_tunes(
-            model, config, output=output, as_json=as_json, midi=midi, wav=wav, svg=svg,
-            meter=meter, key=key, valid_only=valid_only,
-            cap_given=given(ctx, "length"), temperature_given=given(ctx, "temperature"),
-        )  # fmt: skip
+        wanted = TuneOptions(meter, key, valid_only, midi, wav, svg, output, as_json)
+        cap = config.length if given(ctx, "length") else TUNE_CAP
+        temperature = config.temperature if given(ctx, "temperature") else TUNE_TEMPERATURE
+        sample_tunes(model, config, wanted, cap, temperature)
         return
     stream = config.num == 1 and not as_json and output is None
     with stop_on_interrupt() as should_stop:
@@ -139,7 +139,11 @@ def sample(ctx, run, beam, midi, wav, svg, meter, key, valid_only, **options):
         click.echo("\nInterrupted: keeping the text generated so far", err=True)
     if stream:
         sys.stdout.write("\n")
-        return
+    else:
+        _write_samples(samples, output, as_json)
+
+
+def _write_samples(samples, output: str | None, as_json: bool) -> None:
     if as_json:
         rendered = "".join(
             json_line({"text": s.text, "tokens": s.tokens, "mean_logprob": s.mean_logprob}) + "\n"
@@ -149,7 +153,7 @@ def sample(ctx, run, beam, midi, wav, svg, meter, key, valid_only, **options):
         rendered = "\n\n".join(s.text for s in samples) + "\n"
     write_output(rendered, output)
     if output is not None:
-        plural = "s" if config.num > 1 else ""
+        plural = "s" if len(samples) > 1 else ""
         click.echo(f"Wrote {len(samples)} sample{plural} to {output}", err=True)
 
 

@@ -38,8 +38,10 @@ def eval_(ctx, args, weights, as_json, device):
       chargen eval held_out.txt                    # the latest run
       chargen eval bard a.txt b.txt --json
     """
+    from chargen.runs.store import is_run
+
     first = Path(args[0])
-    names_a_run = (first / "run.json").is_file() or (root(ctx) / args[0] / "run.json").is_file()
+    names_a_run = is_run(first) or is_run(root(ctx) / args[0])
     if len(args) >= 2 and not first.is_file():
         run_spec, files = args[0], args[1:]
     elif len(args) == 1 and names_a_run:

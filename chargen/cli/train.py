@@ -257,9 +257,14 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
     if log:
         console.print(session.describe())
     summary = _run_with_progress(session, log)
-    if not session.is_main:
-        finish(session.world)
-        return
+    if session.is_main:
+        _report(ctx, session, summary, log, as_json)
+    finish(session.world)
+
+
+def _report(ctx, session, summary, log: bool, as_json: bool) -> None:
+    from chargen.cli.console import console
+
     if summary.status == "interrupted":  # said even with --quiet: the user asked for this stop
         console.print(
             f"Interrupted at step {summary.steps}; saved a resumable checkpoint in "
@@ -267,16 +272,14 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
             f"{dir_flag(ctx)}"
         )
     elif log:
-        state = session.trainer.state
         console.print(
             f"Done ({summary.stop_reason}) at step {summary.steps} in {summary.seconds:.0f}s "
-            f"({state.elapsed:.0f}s of training in all): best val "
+            f"({session.trainer.state.elapsed:.0f}s of training in all): best val "
             f"{fmt(summary.best_val_loss)} nats/token, {fmt(summary.best_val_bpc, 3)} "
             f"bits/char. Saved in {summary.path}"
         )
     if as_json:
         echo_json(summary.as_dict())
-    finish(session.world)
 
 
 def _run_with_progress(session, log: bool):

@@ -155,6 +155,11 @@ class Run:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
 
 
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is a run directory (readable or not)."""
+    return (path / RUN_FILE).is_file()
+
+
 def open_run(path: Path) -> Run:
     """Read ``run.json`` of the run at ``path``; raise ``CheckpointError`` if it is not a run."""
     run_file = path / RUN_FILE

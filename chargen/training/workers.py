@@ -4,9 +4,8 @@ A recurrent layer steps through a window one time step at a time, and each step 
 matrix product (32 streams by 512 by 2048 for the default LSTM). Split across cores inside every
 product, the threads meet at each of those steps and wait for each other. Given the streams in
 contiguous groups instead, one single-threaded worker per group, the cores meet once per window.
-Measured on this project's 2-core machine (1x512 LSTM, bf16, 32 streams, 80-step loops in the
-same spells): one worker on two threads trained 29,000-32,700 tokens/s, two workers of 16
-streams on one thread each 34,800-35,900 (37,400-38,400 with fused AdamW; see README).
+On the 2-core machines this project is measured on, two single-threaded workers of 16 streams
+train the default model faster than one worker on two threads (figures in docs/experiments.md).
 
 Results are combined in group order, so a run with a given number of workers is reproducible.
 """
@@ -25,8 +24,8 @@ import torch
 T = TypeVar("T")
 
 MIN_ROWS = 16
-"""Fewest streams worth a worker of their own: two workers of 8 streams ran slower here
-(25,000 tokens/s) than one worker of 16 on two threads (34,000)."""
+"""Fewest streams worth a worker of their own: two workers of 8 streams ran slower than one
+worker of 16 on two threads (docs/experiments.md)."""
 
 
 class Workers:
@@ -99,10 +98,9 @@ def cores_to_pin(count: int, threads_each: int | None) -> list[int] | None:
     """The CPU for each of ``count`` single-threaded workers to stay on, when they take every
     CPU this process may use, one each (and the system lets threads pick theirs); else None.
 
-    Measured on this project's 2-core machine, 80-step loops of the default model in turn:
-    39,000-39,300 tokens/s pinned against 37,600-39,300 not; with another busy process,
-    24,100-24,400 against 20,800-21,200. With fewer workers than CPUs nothing is pinned: which
-    CPUs to leave to others is the system's choice, not ours (another chargen process, say)."""
+    Pinned workers held their speed better beside another busy process (docs/experiments.md).
+    With fewer workers than CPUs nothing is pinned: which CPUs to leave to others is the
+    system's choice, not ours (another chargen process, say)."""
     if threads_each != 1 or not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0))
