@@ -3,12 +3,14 @@
 Run on a quiet machine (nothing else busy: two torch threads that share a core with another
 process slow down many times over):
 
-    python benchmarks/run.py                      # everything, about 6 minutes
+    python benchmarks/run.py                      # everything, three times: about 15 minutes
     python benchmarks/run.py --only sampling tokenize
     python benchmarks/run.py --only scale         # 1 GB generated corpus: tokenizing, memory
-    python benchmarks/run.py --corpus path/to/tinyshakespeare.txt --train-time 120
+    python benchmarks/run.py --repeats 1 --train-time 60
 
-Prints a table on stderr and writes every figure to benchmarks/results/latest.json.
+Every figure is measured ``--repeats`` times (3 by default; quality with seeds 1337, 7 and 3) and
+reported as the median with the lowest and highest run, the median compared with its target.
+Prints a table on stderr and writes every run's figures to benchmarks/results/latest.json.
 The corpus defaults to ../shared/corpora/tinyshakespeare.txt; validation is its last 10%.
 """
 
@@ -44,7 +46,10 @@ def chargen(*args: str, env: dict | None = None, check: bool = True) -> subproce
 # --------------------------------------------------------------------------------- quality
 
 
-def bench_quality(corpus: Path, seconds: float, env: dict) -> dict:
+QUALITY_SEEDS = (1337, 7, 3)
+
+
+def bench_quality(corpus: Path, seconds: float, env: dict, seed: int = 1337) -> dict:
     """Default settings, --time SECONDS, then `chargen eval` on the validation part."""
     text = corpus.read_text(encoding="utf-8")
     val = Path(env["CHARGEN_CHECKPOINTS"]) / "val.txt"
@@ -57,6 +62,8 @@ def bench_quality(corpus: Path, seconds: float, env: dict) -> dict:
         "bench",
         "--time",
         f"{seconds}s",
+        "--seed",
+        str(seed),
         "--json",
         "--quiet",
         "--force",
@@ -131,9 +138,8 @@ def chargen_tokens_per_sec(corpus: Path, seconds: float, env: dict) -> dict:
     return json.loads(result.stdout)
 
 
-def bench_throughput(corpus: Path, seconds: float, rounds: int, env: dict) -> dict:
-    """Baseline and chargen in turn, ``rounds`` times each, so that a slow spell of the machine
-    falls on both; the speed-up is the ratio of their mean speeds."""
+def bench_throughput(corpus: Path, seconds: float, env: dict) -> dict:
+    """Baseline and chargen in turn, so that a slow spell of the machine falls on both."""
     from chargen.config import ModelConfig, TrainConfig
     from chargen.text.tokenizer import Tokenizer
 
@@ -141,28 +147,16 @@ def bench_throughput(corpus: Path, seconds: float, rounds: int, env: dict) -> di
     tokenizer = Tokenizer.from_characters(set(text))
     ids = torch.from_numpy(tokenizer.encode(text))
     model, train = ModelConfig(), TrainConfig()
-    baseline, ours = [], []
-    for _ in range(rounds):
-        baseline.append(
-            plain_lstm_tokens_per_sec(
-                ids,
-                tokenizer.vocab_size,
-                model.hidden_size,
-                train.batch_size,
-                train.seq_len,
-                seconds,
-            )
-        )
-        speed = chargen_tokens_per_sec(corpus, seconds, env)["step_tokens_per_sec"]
-        if speed is None:
-            raise SystemExit("throughput: chargen trained no step; give a longer --throughput-time")
-        ours.append(speed)
+    baseline = plain_lstm_tokens_per_sec(
+        ids, tokenizer.vocab_size, model.hidden_size, train.batch_size, train.seq_len, seconds
+    )
+    ours = chargen_tokens_per_sec(corpus, seconds, env)["step_tokens_per_sec"]
+    if ours is None:
+        raise SystemExit("throughput: chargen trained no step; give a longer --throughput-time")
     return {
-        "baseline_fp32_tokens_per_sec": sum(baseline) / rounds,
-        "chargen_tokens_per_sec": sum(ours) / rounds,
-        "speedup": sum(ours) / sum(baseline),
-        "speedup_min_round": min(o / b for o, b in zip(ours, baseline, strict=True)),
-        "speedup_max_round": max(o / b for o, b in zip(ours, baseline, strict=True)),
+        "baseline_fp32_tokens_per_sec": baseline,
+        "chargen_tokens_per_sec": ours,
+        "speedup": ours / baseline,
     }
 
 
@@ -266,7 +260,7 @@ def make_big_corpus(source: Path, path: Path, megabytes: int) -> None:
 
 def bench_scale(corpus: Path, megabytes: int, env: dict) -> dict:
     """Tokenize a big generated corpus (fresh cache) and train on it briefly; peak RSS."""
-    from chargen import corpus as corpus_module
+    from chargen.text import corpus as corpus_module
 
     scratch = Path(env["CHARGEN_CHECKPOINTS"])
     big = scratch / "big.txt"
@@ -325,57 +319,85 @@ GROUPS = ("quality", "throughput", "sampling", "startup", "tokenize", "scale")
 DEFAULT_GROUPS = GROUPS[:-1]  # scale writes a 1 GB corpus and 2 GB of tokens: ask for it
 
 
+def measure(group: str, run: int, args, env: dict) -> dict:
+    """The figures of ``group`` in run number ``run`` (from 0)."""
+    if group == "quality":
+        seed = QUALITY_SEEDS[run % len(QUALITY_SEEDS)]
+        print(f"quality: {args.train_time:.0f}s at seed {seed} ...", file=sys.stderr)
+        return bench_quality(args.corpus, args.train_time, env, seed)
+    if group == "throughput":
+        print("throughput: baseline loop and chargen ...", file=sys.stderr)
+        return bench_throughput(args.corpus, args.throughput_time, env)
+    if group == "sampling":
+        print("sampling ...", file=sys.stderr)
+        return bench_sampling(env)
+    if group == "startup":
+        return bench_startup(env)
+    if group == "tokenize":
+        return bench_tokenize(args.corpus)
+    print(f"scale: {args.scale_mb} MB corpus ...", file=sys.stderr)
+    return bench_scale(args.corpus, args.scale_mb, env)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per figure: the median of the runs, the lowest and highest, and every run."""
+    summary = {}
+    for key in runs[0]:
+        values = [run[key] for run in runs]
+        if all(isinstance(v, (int, float)) for v in values):
+            ordered = sorted(values)
+            middle = len(ordered) // 2
+            median = (
+                ordered[middle] if len(ordered) % 2 else sum(ordered[middle - 1 : middle + 1]) / 2
+            )
+            summary[key] = {"median": median, "min": ordered[0], "max": ordered[-1], "runs": values}
+        else:
+            summary[key] = {"median": values[0], "runs": values}
+    return summary
+
+
+def print_table(results: dict) -> None:
+    print(f"\n{'figure':<40} {'median':>13} {'lowest – highest':>27}  target", file=sys.stderr)
+    for group, figures in results.items():
+        for key, figure in figures.items():
+            value, mark = figure["median"], ""
+            if (target := TARGETS.get((group, key))) and isinstance(value, (int, float)):
+                op, bound = target
+                ok = value <= bound if op == "<=" else value >= bound
+                mark = f"{op} {bound:g}  {'ok' if ok else 'MISSED'}"
+            if isinstance(value, (int, float)):
+                spread = f"{figure['min']:,.4f} – {figure['max']:,.4f}"
+                print(
+                    f"{group + '.' + key:<40} {value:>13,.4f} {spread:>27}  {mark}", file=sys.stderr
+                )
+            else:
+                print(f"{group + '.' + key:<40} {value:>13}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--train-time", type=float, default=120.0)
     parser.add_argument("--throughput-time", type=float, default=30.0)
-    parser.add_argument("--throughput-rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every figure")
     parser.add_argument("--only", nargs="*", choices=GROUPS, default=list(DEFAULT_GROUPS))
     parser.add_argument("--scale-mb", type=int, default=1000, help="size of the scale corpus")
     args = parser.parse_args()
-    if args.throughput_rounds < 1:
-        raise SystemExit("--throughput-rounds must be at least 1")
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
     if not args.corpus.is_file():
         raise SystemExit(f"{args.corpus}: no such corpus; pass --corpus")
-
-    results: dict[str, dict] = {}
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         env = dict(os.environ, CHARGEN_CHECKPOINTS=scratch)
-        needs_model = {"sampling", "startup"} & set(args.only)
-        if "quality" in args.only or needs_model:
-            seconds = args.train_time if "quality" in args.only else 5
-            print(f"quality: training {seconds:.0f}s with default settings ...", file=sys.stderr)
-            results["quality"] = bench_quality(args.corpus, seconds, env)
-        if "throughput" in args.only:
-            print("throughput: baseline loop and chargen ...", file=sys.stderr)
-            results["throughput"] = bench_throughput(
-                args.corpus, args.throughput_time, args.throughput_rounds, env
-            )
-        if "sampling" in args.only:
-            print("sampling ...", file=sys.stderr)
-            results["sampling"] = bench_sampling(env)
-        if "startup" in args.only:
-            results["startup"] = bench_startup(env)
-        if "tokenize" in args.only:
-            results["tokenize"] = bench_tokenize(args.corpus)
-        if "scale" in args.only:
-            print(f"scale: {args.scale_mb} MB corpus ...", file=sys.stderr)
-            results["scale"] = bench_scale(args.corpus, args.scale_mb, env)
-    if "quality" not in args.only:
-        results.pop("quality", None)
-
-    print(f"\n{'figure':<44} {'value':>14}  target", file=sys.stderr)
-    for group, figures in results.items():
-        for key, value in figures.items():
-            target = TARGETS.get((group, key))
-            mark = ""
-            if target:
-                op, bound = target
-                ok = value <= bound if op == "<=" else value >= bound
-                mark = f"{op} {bound:g}  {'ok' if ok else 'MISSED'}"
-            shown = f"{value:>14,.4f}" if isinstance(value, (int, float)) else f"{value:>14}"
-            print(f"{group + '.' + key:<44} {shown}  {mark}", file=sys.stderr)
+        if "quality" not in args.only and {"sampling", "startup"} & set(args.only):
+            bench_quality(args.corpus, 5, env)  # a model to sample from
+        for run in range(args.repeats):
+            for group in args.only:
+                if group != "scale" or run == 0:
+                    runs.setdefault(group, []).append(measure(group, run, args, env))
+    results = {group: summarize(group_runs) for group, group_runs in runs.items()}
+    print_table(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {
         "machine": {
@@ -386,6 +408,7 @@ def main() -> None:
             "threads": torch.get_num_threads(),
         },
         "corpus": str(args.corpus),
+        "repeats": args.repeats,
         "results": results,
     }
     (RESULTS / "latest.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -34,7 +34,7 @@ _HOMES = {
         "identify",
         "latest",
         "load",
-        "runs",
+        "list_runs",
         "start",
         "train",
     ),
@@ -80,8 +80,8 @@ if TYPE_CHECKING:  # what static checkers and IDEs see
         TuneCheck,
         identify,
         latest,
+        list_runs,
         load,
-        runs,
         start,
         train,
     )

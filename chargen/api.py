@@ -255,7 +255,7 @@ def latest(checkpoint_dir: PathLike | None = None, **options: Any) -> Model:
     return load(found.path, **options)
 
 
-def runs(checkpoint_dir: PathLike | None = None) -> list[store.Run]:
+def list_runs(checkpoint_dir: PathLike | None = None) -> list[store.Run]:
     """The readable runs in the checkpoint directory, most recently updated first."""
     return store.list_runs(store.checkpoint_root(checkpoint_dir))
 
@@ -271,7 +271,7 @@ def identify(
     softmax of the models' log-likelihoods of the whole text). ``models`` are run names, run
     directories or loaded models; by default, every run in the checkpoint directory."""
     if models is None:
-        models = [run.path for run in runs(checkpoint_dir)]
+        models = [run.path for run in list_runs(checkpoint_dir)]
     loaded = [
         m if isinstance(m, Model) else load(m, weights=weights, checkpoint_dir=checkpoint_dir)
         for m in models
@@ -359,7 +359,7 @@ __all__ = [
     "identify",
     "latest",
     "load",
-    "runs",
+    "list_runs",
     "start",
     "train",
 ]

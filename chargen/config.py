@@ -50,6 +50,34 @@ def _check_finite(config) -> None:
             raise UsageError(f"{option_name(field.name)} must be a finite number, got {value}")
 
 
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _within(config, name: str, low: float, high: float, low_open=False, high_open=False) -> None:
+    """``config.name`` (when set) lies between ``low`` and ``high``, each end open or closed."""
+    value = getattr(config, name)
+    if value is None:
+        return
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise UsageError(f"{name} must be in {left}{_num(low)}, {_num(high)}{right}, got {value}")
+
+
+def _num(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+MAX_WIDTH = 65_536
+"""Largest hidden or embedding size accepted: far past what any CPU trains, small enough that a
+damaged or hostile config cannot ask for a matrix that fills memory."""
+MAX_LAYERS = 64
+MAX_THREADS = 1024
+
+
 @dataclass
 class ModelConfig:
     cell: str = "lstm"  # LSTM learns long dependencies the plain RNN's vanishing gradients lose
@@ -64,13 +92,12 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check_finite(self)
-        if self.cell not in CELLS:
-            raise UsageError(f"unknown cell {self.cell!r}; choose one of: {', '.join(CELLS)}")
-        for name in ("embedding_dim", "hidden_size", "num_layers"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+        _choice("cell", self.cell, CELLS)
+        _within(self, "embedding_dim", 1, MAX_WIDTH)
+        _within(self, "hidden_size", 1, MAX_WIDTH)
+        _within(self, "num_layers", 1, MAX_LAYERS)
+        _within(self, "vocab_size", 0, 2**32)
+        _within(self, "dropout", 0, 1, high_open=True)
         if self.tie_weights and self.embedding_dim != self.hidden_size:
             raise UsageError(
                 "--tie-weights needs --embedding equal to --hidden "
@@ -109,35 +136,28 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check_finite(self)
-        if self.level not in LEVELS:
-            raise UsageError(f"unknown level {self.level!r}; choose one of: {', '.join(LEVELS)}")
-        sizes = ("vocab_size", "min_freq", "batch_size", "seq_len", "eval_every", "eval_tokens")
-        for name in sizes:
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UsageError(f"learning rate must be positive, got {self.lr}")
-        if self.clip <= 0:
-            raise UsageError(f"clip must be positive, got {self.clip}")
-        if not 0.0 < self.val_frac < 1.0:
-            raise UsageError(f"val_frac must be between 0 and 1, got {self.val_frac}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"max_steps must be at least 1, got {self.max_steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise UsageError(f"epochs must be positive, got {self.epochs}")
-        if self.time_limit is not None and self.time_limit <= 0:
-            raise UsageError(f"time limit must be positive, got {self.time_limit}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(
-                f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
-            )
-        if not 0.0 < self.decay_frac <= 1.0:
-            raise UsageError(f"decay_frac must be in (0, 1], got {self.decay_frac}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UsageError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        _choice("level", self.level, LEVELS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("precision", self.precision, ("auto", "fp32", "bf16"))
+        _choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
+        big = 2**62  # counts past any real run, still exact in JSON and int64
+        for name in ("min_freq", "eval_every", "eval_tokens", "max_steps", "patience"):
+            _within(self, name, 0 if name == "patience" else 1, big)
+        _within(self, "vocab_size", 2, 2**32)
+        _within(self, "batch_size", 1, 2**20)
+        _within(self, "seq_len", 1, 2**20)
+        _within(self, "reset_every", 0, big)
+        _within(self, "warmup_steps", 0, big)
+        _within(self, "threads", 1, MAX_THREADS)
+        _within(self, "seed", -(2**63), 2**63 - 1)
+        for name in ("lr", "clip", "epochs", "time_limit"):
+            _within(self, name, 0, math.inf, low_open=True)
+        _within(self, "weight_decay", 0, math.inf)
+        _within(self, "val_frac", 0, 1, low_open=True, high_open=True)
+        _within(self, "decay_frac", 0, 1, low_open=True)
+        _within(self, "min_lr_frac", 0, 1)
+        _within(self, "beta1", 0, 1, high_open=True)
+        _within(self, "beta2", 0, 1, high_open=True)
 
     @property
     def has_limit(self) -> bool:
@@ -157,16 +177,11 @@ class SampleConfig:
 
     def validate(self) -> None:
         _check_finite(self)
-        if self.length < 1:
-            raise UsageError(f"length must be at least 1, got {self.length}")
-        if self.temperature < 0:
-            raise UsageError(f"temperature must be 0 or more, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"top-k must be at least 1, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.num < 1:
-            raise UsageError(f"num must be at least 1, got {self.num}")
+        _within(self, "length", 1, 2**40)
+        _within(self, "temperature", 0, math.inf)
+        _within(self, "top_k", 1, 2**32)
+        _within(self, "top_p", 0, 1, low_open=True)
+        _within(self, "num", 1, 2**32)
 
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

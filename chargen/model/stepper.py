@@ -133,15 +133,10 @@ class Stepper:
 
     def __call__(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         """Logits (N, V) for tokens ``ids`` (N,) and the next hidden state."""
-        if self.cell == "lstm":
-            h_all, c_all = hidden
-            new_h, new_c = [], []
-        else:
-            h_all = hidden
-            new_h = []
+        h_all, c_all = hidden if self.cell == "lstm" else (hidden, None)
+        new_h, new_c = [], []
         x = None
         for k in range(self.num_layers):
-            h = h_all[k]  # (N, H)
             if k == 0:
                 gates_x = self.token_gates.index_select(0, ids)  # (N, G)
             else:
@@ -149,23 +144,13 @@ class Stepper:
                 if self.cell != "gru":
                     gates_x = gates_x + self.b_hh[k]
             if self.cell == "lstm":
-                gates = self._recurrent(k, gates_x, h_all)  # (N, 4H), g doubled
-                i, f, g_half, o = torch.sigmoid(gates).chunk(4, dim=1)  # g = 2 g_half - 1
-                c = torch.addcmul(f * c_all[k] - i, i, g_half, value=2.0)  # f c + i g
-                h = torch.addcmul(-o, o, torch.sigmoid(2.0 * c), value=2.0)  # o tanh(c)
+                x, c = self._lstm(k, gates_x, h_all, c_all[k])
                 new_c.append(c)
             elif self.cell == "gru":
-                gates_h = self._recurrent(k, self.b_hh[k], h_all)  # (N, 3H)
-                xr, xz, xn = gates_x.chunk(3, dim=1)
-                hr, hz, hn = gates_h.chunk(3, dim=1)
-                r = torch.sigmoid(xr + hr)
-                z = torch.sigmoid(xz + hz)
-                n = torch.tanh(xn + r * hn)
-                h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+                x = self._gru(k, gates_x, h_all)
             else:
-                h = torch.tanh(self._recurrent(k, gates_x, h_all))
-            new_h.append(h)
-            x = h
+                x = torch.tanh(self._recurrent(k, gates_x, h_all))
+            new_h.append(x)
         if self.w_ahead is None:
             logits = self._matmul_add(self.b_out, x, self.w_out)  # (N, V)
         else:
@@ -177,6 +162,24 @@ class Stepper:
         if self.cell == "lstm":
             return logits, (h_all, _layers(new_c))
         return logits, h_all
+
+    def _lstm(self, k: int, gates_x, h_all, c) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``k``'s new h and c from its input gates and the previous state."""
+        gates = self._recurrent(k, gates_x, h_all)  # (N, 4H), g doubled
+        i, f, g_half, o = torch.sigmoid(gates).chunk(4, dim=1)  # g = 2 g_half - 1
+        c = torch.addcmul(f * c - i, i, g_half, value=2.0)  # f c + i g
+        h = torch.addcmul(-o, o, torch.sigmoid(2.0 * c), value=2.0)  # o tanh(c)
+        return h, c
+
+    def _gru(self, k: int, gates_x, h_all) -> torch.Tensor:
+        """Layer ``k``'s new h from its input gates and the previous state."""
+        gates_h = self._recurrent(k, self.b_hh[k], h_all)  # (N, 3H)
+        xr, xz, xn = gates_x.chunk(3, dim=1)
+        hr, hz, hn = gates_h.chunk(3, dim=1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return torch.lerp(n, h_all[k], z)  # (1 - z) * n + z * h
 
 
 def _layers(states: list[torch.Tensor]) -> torch.Tensor:

@@ -152,6 +152,21 @@ def clean_tune(raw: str, number: int = 1) -> Cleaned:
     """
     lines = _join_continuations([_strip_comment(line) for line in raw.split("\n")])
     head, music = split_header("\n".join(lines))
+    try:
+        fields = _clean_headers(head)
+        kept = _clean_music(music)
+    except _Dropped as exc:
+        return Cleaned(None, str(exc))
+    fields["X"] = str(number)
+    return Cleaned(header_lines(fields) + "\n".join(kept))
+
+
+class _Dropped(Exception):
+    """A tune that cannot be used, and why."""
+
+
+def _clean_headers(head: list[str]) -> dict[str, str]:
+    """The first T, R, M, L and K of a tune's header; a title and L added where missing."""
     fields: dict[str, str] = {}
     for line in head:
         match = _FIELD_LINE.match(line)
@@ -159,23 +174,27 @@ def clean_tune(raw: str, number: int = 1) -> Cleaned:
             continue
         letter, value = match.group(1), _SPACES.sub(" ", match.group(2)).strip()
         if letter == "V":
-            return Cleaned(None, "several voices")
+            raise _Dropped("several voices")
         if letter in HEADER_ORDER and letter != "X" and letter not in fields and value:
             fields[letter] = value
     if "K" not in fields:
-        return Cleaned(None, "no K: field")
+        raise _Dropped("no K: field")
     if "M" not in fields:
-        return Cleaned(None, "no M: field")
-    if "T" not in fields:
-        fields["T"] = "Untitled"
-    if "L" not in fields:
-        fields["L"] = default_unit(fields["M"])
+        raise _Dropped("no M: field")
+    fields.setdefault("T", "Untitled")
+    fields.setdefault("L", default_unit(fields["M"]))
+    return fields
+
+
+def _clean_music(music: list[str]) -> list[str]:
+    """The music lines cleaned: M, L and K changes kept, other fields, annotations, fingerings
+    and stray ``!`` dropped, spaces squeezed, blank lines removed."""
     kept = []
     for line in music:
         match = _FIELD_LINE.match(line)
         if match:
             if match.group(1) == "V":
-                return Cleaned(None, "several voices")
+                raise _Dropped("several voices")
             if match.group(1) in BODY_FIELDS and match.group(2).strip():
                 kept.append(f"{match.group(1)}:{match.group(2).strip()}")
             continue
@@ -187,9 +206,8 @@ def clean_tune(raw: str, number: int = 1) -> Cleaned:
     while kept and _FIELD_LINE.match(kept[-1]):  # a trailing key change with no music after it
         kept.pop()
     if not any(re.search(r"[A-Ga-g]", line) for line in kept if not _FIELD_LINE.match(line)):
-        return Cleaned(None, "no music")
-    fields["X"] = str(number)
-    return Cleaned(header_lines(fields) + "\n".join(kept))
+        raise _Dropped("no music")
+    return kept
 
 
 def music_key(tune: str) -> str:

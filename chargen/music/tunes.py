@@ -51,8 +51,9 @@ temperature keeps more of them right (figures in benchmarks/RESULTS.md)."""
 
 
 def is_tune_model(tokenizer: Tokenizer, corpus: object) -> bool:
-    """A model of ABC tunes: the abc level, or any level trained on a .abc corpus."""
-    if tokenizer.level == "abc":
+    """A model of ABC tunes: the abc level (the level whose corpora are separate pieces: tunes),
+    or any level trained on a .abc corpus."""
+    if tokenizer.separate_pieces:
         return True
     files = corpus if isinstance(corpus, list) else [corpus]
     return any(str(f).endswith(".abc") for f in files)

@@ -1,0 +1,235 @@
+"""The public Python API: every name in ``chargen.__all__``, used as a Python user would."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import chargen
+from tests.abc_fixtures import train_tiny_abc
+
+TINY = dict(
+    hidden=24,
+    embedding=8,
+    batch_size=4,
+    window=16,
+    eval_every=10,
+    max_steps=20,
+    precision="fp32",
+)
+
+
+@pytest.fixture
+def bard(corpus):
+    summary = chargen.train(corpus, name="bard", **TINY)
+    assert summary.status == "finished"
+    return chargen.load("bard")
+
+
+@pytest.fixture(scope="module")
+def tiny_tunes(tmp_path_factory):
+    return train_tiny_abc(tmp_path_factory.mktemp("tunes"))
+
+
+def test_every_public_name_is_tested_here():
+    source = Path(__file__).read_text(encoding="utf-8")
+    untested = [name for name in chargen.__all__ if f"chargen.{name}" not in source]
+    assert untested == []
+
+
+def test_import_chargen_does_not_import_torch():
+    code = "import sys, chargen; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_version_is_the_installed_packages():
+    assert chargen.__version__ == importlib.metadata.version("chargen")
+
+
+def test_unknown_names_are_attribute_errors():
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        chargen.nonsense  # noqa: B018
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def test_train_reports_progress_through_callbacks_and_prints_nothing(corpus, capfd):
+    steps, evals = [], []
+    summary = chargen.train(
+        corpus,
+        name="quiet",
+        on_step=lambda t: steps.append(t.state.step),
+        on_eval=lambda t, score: evals.append(score.bits_per_char),
+        **TINY,
+    )
+    assert isinstance(summary, chargen.TrainingSummary)
+    assert summary.steps == 20 and steps == list(range(1, 21))
+    assert len(evals) == 2 and summary.best_val_bpc == min(evals)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_should_stop_leaves_a_run_that_resumes(corpus):
+    asked = []
+    stop_after_three = lambda: len(asked.append(1) or asked) > 3  # noqa: E731
+    summary = chargen.train(corpus, name="paused", should_stop=stop_after_three, **TINY)
+    assert summary.status == "interrupted" and summary.steps == 3
+    resumed = chargen.train(name="paused", resume=True, max_steps=5)
+    assert resumed.status == "finished" and resumed.steps == 5
+
+
+def test_start_gives_a_session_to_look_at_before_running(corpus):
+    session = chargen.start(corpus, name="looked", **TINY)
+    assert session.describe().startswith("Training looked: lstm 1x24")
+    assert session.warnings == []
+    assert session.run_loop().steps == 20
+
+
+def test_options_are_named_as_on_the_command_line_or_as_fields(corpus):
+    chargen.train(corpus, name="named", hidden_size=20, time="1m", **{**TINY, "hidden": 20})
+    assert chargen.load("named").module.config.hidden_size == 20
+    with pytest.raises(chargen.UsageError, match="unknown option 'hiden'"):
+        chargen.train(corpus, name="typo", hiden=20)
+
+
+def test_configs_validate_their_fields():
+    chargen.ModelConfig().validate()
+    chargen.TrainConfig().validate()
+    chargen.SampleConfig().validate()
+    with pytest.raises(chargen.UsageError, match=r"hidden_size must be in \[1, 65536\]"):
+        chargen.ModelConfig(hidden_size=0).validate()
+    with pytest.raises(chargen.UsageError, match=r"threads must be in \[1, 1024\]"):
+        chargen.TrainConfig(threads=10**6).validate()
+    with pytest.raises(chargen.UsageError, match=r"top_p must be in \(0, 1\]"):
+        chargen.SampleConfig(top_p=0).validate()
+
+
+# ------------------------------------------------------------------------------ a model
+
+
+def test_load_by_name_or_directory_and_runs_lists_them(bard, tmp_path):
+    assert isinstance(bard, chargen.Model)
+    assert bard.name == "bard" and bard.level == "char" and not bard.writes_tunes
+    assert repr(bard) == "<chargen.Model 'bard' (char, best weights)>"
+    by_path = chargen.load(tmp_path / "checkpoints" / "bard", weights="last")
+    assert by_path.weights == "last"
+    assert [run.name for run in chargen.list_runs()] == ["bard"]
+    assert chargen.latest().name == "bard"
+
+
+def test_a_missing_run_is_a_checkpoint_error_naming_the_runs(bard):
+    with pytest.raises(chargen.CheckpointError, match="no run named 'bart'; runs in .*: bard"):
+        chargen.load("bart")
+
+
+def test_generate_continues_the_prompt_and_a_seed_repeats_it(bard, capfd):
+    text = bard.generate("The tide", length=40, temperature=1.0, seed=3)
+    assert text.startswith("The tide") and len(text) == len("The tide") + 40
+    assert text == bard.generate("The tide", length=40, temperature=1.0, seed=3)
+    assert text != bard.generate("The tide", length=40, temperature=1.0, seed=4)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_stream_gives_the_same_text_in_pieces(bard):
+    pieces = list(bard.stream("The", length=60, temperature=0.9, seed=5, stop="moon"))
+    assert pieces[0] == "The"
+    assert "".join(pieces) == bard.generate("The", 60, temperature=0.9, seed=5, stop="moon")
+
+
+def test_generate_many_gives_samples_with_their_log_probability(bard):
+    samples = bard.generate_many(4, "the", 30, temperature=1.2, seed=1)
+    assert len(samples) == 4 and all(isinstance(s, chargen.Sample) for s in samples)
+    assert all(s.tokens == 30 and s.mean_logprob < 0 for s in samples)
+    assert samples[0].text == bard.generate("the", 30, temperature=1.2, seed=1)
+
+
+def test_beam_is_the_likeliest_continuation(bard):
+    found = bard.beam("The", length=20, width=4)
+    greedy = bard.generate("The", 20, temperature=0)
+    assert isinstance(found, chargen.Sample)
+    assert found.mean_logprob >= bard.generate_many(1, "The", 20, temperature=0)[0].mean_logprob
+    assert len(found.text) == len(greedy)
+
+
+def test_score_is_lower_on_text_like_the_training_text(bard, corpus):
+    seen = bard.score(corpus.read_text()[:400])
+    assert isinstance(seen, chargen.Score)
+    unseen = bard.score("zzzz qqqq xxxx " * 20)
+    assert seen.bits_per_char < unseen.bits_per_char
+    lines = bard.score_lines(["the keeper lit the lamp", "qqq"])
+    assert lines[0].bits_per_char < lines[1].bits_per_char
+
+
+def test_identify_ranks_the_model_of_the_texts_kind_first(corpus, tmp_path):
+    chargen.train(corpus, name="verse", **{**TINY, "max_steps": 150})
+    digits = tmp_path / "digits.txt"
+    digits.write_text("0123456789 +-*/ 9876543210 = 42\n" * 60)
+    chargen.train(digits, name="digits", **{**TINY, "max_steps": 150})
+    ranked = chargen.identify("the keeper lit the lamp")
+    assert isinstance(ranked[0], chargen.Ranked)
+    assert [r.name for r in ranked] == ["verse", "digits"] and ranked[0].confidence > 0.9
+    with pytest.raises(chargen.UsageError, match="at least two models"):
+        chargen.identify("the lamp", ["verse"])
+
+
+# ------------------------------------------------------------------------------ tunes
+
+
+def test_tunes_come_numbered_and_checked(tiny_tunes, tmp_path):
+    pytest.importorskip("music21")
+    shutil.copytree(tiny_tunes, tmp_path / "checkpoints" / "folk")
+    folk = chargen.load("folk")
+    assert folk.writes_tunes
+    tunes = folk.tunes(3, meter="3/4", seed=2, check=True)
+    assert [t.text.split("\n")[0] for t in tunes] == ["X:1", "X:2", "X:3"]
+    assert all(isinstance(t, chargen.Tune) and "M:3/4" in t.text for t in tunes)
+    assert all(isinstance(t.check, chargen.TuneCheck) for t in tunes)
+    assert all(t.valid == t.check.valid and t.ended for t in tunes)
+    assert folk.tunes(1, seed=2)[0].check is None  # not checked unless asked
+
+
+def test_a_text_model_writes_no_tunes(bard):
+    with pytest.raises(chargen.UsageError, match="is a text model, not a tune model"):
+        bard.tunes(1)
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        chargen.UsageError,
+        chargen.CorpusError,
+        chargen.TokenizerError,
+        chargen.CheckpointError,
+        chargen.RunExistsError,
+        chargen.RunLockedError,
+        chargen.TrainingDiverged,
+        chargen.MusicError,
+    ],
+)
+def test_every_error_is_a_chargen_error(error):
+    assert issubclass(error, chargen.ChargenError)
+    usage = error in (chargen.UsageError, chargen.RunExistsError)
+    assert error.exit_code == (2 if usage else 1)
+
+
+def test_training_into_an_existing_name_is_a_run_exists_error(corpus):
+    chargen.train(corpus, name="twice", **TINY)
+    with pytest.raises(chargen.RunExistsError, match="already exists"):
+        chargen.train(corpus, name="twice", **TINY)
+
+
+def test_a_corpus_that_is_not_utf8_is_a_corpus_error(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes(b"caf\xe9\n" * 100)
+    with pytest.raises(chargen.CorpusError, match=re.escape("not UTF-8 text")):
+        chargen.train(path, **TINY)
