@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -9,8 +10,8 @@ from hypothesis import strategies as st
 
 from chargen.config import SampleConfig
 from chargen.errors import UsageError
-from chargen.generation.engine import BeamEngine, Engine, Sequence
-from chargen.generation.sampling import Settings, choose, sequence_key
+from chargen.generation.engine import BeamEngine, Control, Engine, Sequence
+from chargen.generation.sampling import Settings, choose, sequence_key, uniforms
 from chargen.generation.text import StopScanner, beam, sample
 from chargen.model.rnn import RNNLanguageModel
 from tests.conftest import VERSE, tiny_model
@@ -204,3 +205,98 @@ def test_should_stop_ends_sampling_early(model_and_tokenizer):
         should_stop=lambda: len(calls.append(1) or calls) >= 10,
     )
     assert samples[0].tokens == 10
+
+
+# ------------------------------------------------------------------------------ the engine
+
+
+def sequence(seed, length=30, control=None, **settings):
+    config = SampleConfig(**({"temperature": 1.0} | settings))
+    return Sequence([1, 2, 3], length, config, key=sequence_key(seed), control=control)
+
+
+def run_alone(model, seq):
+    engine = Engine(model)
+    engine.add([seq])
+    engine.run()
+    return seq.ids
+
+
+def test_a_seeded_sequence_is_the_same_alone_or_beside_others(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    alone = run_alone(model, sequence(1))
+    engine = Engine(model)
+    crowd = [sequence(2, temperature=0.5), sequence(1), sequence(3, top_k=3, length=10)]
+    engine.add(crowd)
+    engine.run()
+    assert crowd[1].ids == alone
+    assert crowd[0].ids != alone  # another seed, another text
+
+
+def test_sequences_join_and_leave_between_steps(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    first, second, third = sequence(1, 40), sequence(2, 25), sequence(3, 25)
+    engine = Engine(model)
+    engine.add([first, second])
+    for _ in range(10):
+        engine.step()
+    engine.add([third])  # joins while the others are a quarter through
+    engine.cancel(second)  # its client went away
+    assert len(engine) == 2 and second.finish_reason == "cancelled" and len(second.ids) == 10
+    engine.run()
+    assert first.ids == run_alone(model, sequence(1, 40))
+    assert third.ids == run_alone(model, sequence(3, 25))
+    assert (first.finish_reason, third.finish_reason) == ("length", "length")
+    assert second.ids == run_alone(model, sequence(2, 25))[:10]
+
+
+class Forcing(Control):
+    """Forces ``token`` at every step and ends the sequence after ``steps`` tokens."""
+
+    def __init__(self, token, steps):
+        self.token, self.steps, self.seen = token, steps, 0
+
+    def override(self, sampled):
+        return self.token
+
+    def accept(self, token, forced):
+        self.seen += 1
+        return self.seen == self.steps
+
+
+class Masking(Control):
+    """Allows only ``tokens``."""
+
+    def __init__(self, tokens, vocab):
+        self.mask = torch.zeros(vocab, dtype=torch.bool)
+        self.mask[tokens] = True
+
+    def allowed(self):
+        return self.mask
+
+
+def test_a_control_forces_tokens_and_ends_its_sequence(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    forced = sequence(1, 50, control=Forcing(7, steps=12))
+    free = sequence(2, 50)
+    engine = Engine(model)
+    engine.add([forced, free])
+    engine.run()
+    assert forced.ids == [7] * 12 and forced.finish_reason == "stop"
+    assert forced.chosen == 0 and forced.logprob == 0.0  # forced tokens are not the model's
+    assert free.finish_reason == "length" and free.chosen == 50 and free.logprob < 0
+
+
+def test_a_control_masks_what_may_be_chosen(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    masked = sequence(4, 200, control=Masking([5, 9], tokenizer.vocab_size), temperature=2.0)
+    assert set(run_alone(model, masked)) == {5, 9}
+
+
+def test_random_streams_are_uniform_and_independent():
+    keys = np.array([sequence_key(5, i) for i in range(4)], dtype=np.uint64)
+    draws = uniforms(keys, 25_000).numpy()  # (4, 25,000)
+    assert abs(draws.mean() - 0.5) < 0.005 and abs(draws.var() - 1 / 12) < 0.002
+    assert np.histogram(draws, bins=10, range=(0, 1))[0].min() > 0.09 * draws.size
+    assert abs(np.corrcoef(draws)[0, 1]) < 0.03  # two streams
+    assert abs(np.corrcoef(draws[0, :-1], draws[0, 1:])[0, 1]) < 0.03  # one stream, lag 1
