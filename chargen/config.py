@@ -71,6 +71,16 @@ def _num(bound: float) -> str:
     return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: no lone surrogates (what undecodable bytes on a
+    command line turn into)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 MAX_WIDTH = 65_536
 """Largest hidden or embedding size accepted: far past what any CPU trains, small enough that a
 damaged or hostile config cannot ask for a matrix that fills memory."""
@@ -182,6 +192,10 @@ class SampleConfig:
         _within(self, "top_k", 1, 2**32)
         _within(self, "top_p", 0, 1, low_open=True)
         _within(self, "num", 1, 2**32)
+        for name in ("prime", "stop"):
+            text = getattr(self, name)
+            if text is not None and not _is_unicode(text):
+                raise UsageError(f"--{name} is not valid UTF-8 text")
 
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

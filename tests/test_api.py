@@ -233,3 +233,16 @@ def test_a_corpus_that_is_not_utf8_is_a_corpus_error(tmp_path):
     path.write_bytes(b"caf\xe9\n" * 100)
     with pytest.raises(chargen.CorpusError, match=re.escape("not UTF-8 text")):
         chargen.train(path, **TINY)
+
+
+def test_loading_and_sampling_stay_clear_of_torchs_compiler(bard):
+    """torch._dynamo takes a second to import: a first token should not wait for it."""
+    code = (
+        "import sys, chargen\n"
+        "chargen.load(sys.argv[1]).generate('The', 5)\n"
+        "print(any(m.startswith('torch._dynamo') for m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(bard.run.path)], capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "False", result.stderr

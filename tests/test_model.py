@@ -139,3 +139,13 @@ def test_bf16_stepper_stays_close_to_the_float32_one(cell):
             b, h_low = low(ids[:, t], h_low)
             assert b.dtype == torch.float32
             assert torch.allclose(a, b, atol=0.05), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("tie", [False, True])
+def test_shapes_worked_out_are_the_shapes_of_a_built_model(cell, layers, tie):
+    config = ModelConfig(cell=cell, vocab_size=11, embedding_dim=12, hidden_size=12,
+                         num_layers=layers, tie_weights=tie)  # fmt: skip
+    built = {k: tuple(v.shape) for k, v in RNNLanguageModel(config).state_dict().items()}
+    assert RNNLanguageModel.shapes(config) == built

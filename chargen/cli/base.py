@@ -13,7 +13,7 @@ import math
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import click
@@ -42,6 +42,8 @@ class ChargenGroup(click.Group):
             return super().invoke(ctx)
         except ChargenError as exc:
             raise CliError(str(exc), exc.exit_code) from None
+        except BrokenPipeError:
+            raise
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise CliError(f"{where}{exc.strerror or exc}", 1) from None
@@ -55,8 +57,12 @@ class ChargenGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:  # a caller that handles click's exceptions itself
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        _prepare_streams()
         try:
             result = super().main(args, prog_name, complete_var, False, **extra)
+        except BrokenPipeError:  # the reader went away (``| head``): nothing more to say
+            _silence_stdout()
+            sys.exit(0)
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx else "chargen"
             click.echo(f"Error: {exc.format_message()} (see '{command} --help')", err=True)
@@ -68,6 +74,44 @@ class ChargenGroup(click.Group):
             click.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+class _ClosedOutput:
+    """Stands in for a closed stdout (``chargen sample >&-``): writing to it is a one-line
+    error, and commands that write nothing there run as usual."""
+
+    encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        if not text:
+            return 0
+        raise ChargenError("standard output is closed; give --output FILE or redirect it")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _prepare_streams() -> None:
+    """Text out is UTF-8 whatever the locale (LANG=C with PYTHONUTF8=0 would make it ASCII and
+    fail on the first non-ASCII character), and a closed stdout is named, not crashed on."""
+    if sys.stdout is None:
+        sys.stdout = _ClosedOutput()
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8", errors="replace")
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at nothing so that the interpreter's final flush does
+    not complain about it again."""
+    import os
+
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _is_out_of_memory(exc: RuntimeError) -> bool:
@@ -190,14 +234,21 @@ def check_output_path(output: str | None) -> None:
         raise CliError(f"{output}: its directory does not exist", 2)
 
 
-def write_output(rendered: str, output: str | None) -> None:
-    """``rendered`` to stdout, or atomically to the file ``output``."""
+def write_output(parts: Iterable[str], output: str | None) -> int:
+    """Each of ``parts`` to stdout as it comes, or to the file ``output``, which appears whole
+    when the last part is written; returns how many parts there were."""
+    count = 0
     if output is None:
-        sys.stdout.write(rendered)
-        return
-    from chargen.files import write_atomic
+        for count, part in enumerate(parts, 1):  # noqa: B007 (the count is returned)
+            sys.stdout.write(part)
+            sys.stdout.flush()
+        return count
+    from chargen.files import atomic_path
 
-    write_atomic(Path(output), rendered.encode("utf-8"))
+    with atomic_path(Path(output)) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for count, part in enumerate(parts, 1):  # noqa: B007
+            handle.write(part)
+    return count
 
 
 @contextlib.contextmanager

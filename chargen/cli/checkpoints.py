@@ -199,8 +199,12 @@ def checkpoints_rm(ctx, runs, yes):
             raise CliError(f"refusing to delete {names} without confirmation; add --yes", 2)
         click.confirm(f"Delete {names}?", abort=True, err=True)
     for path in found:
+        link = path.readlink() if path.is_symlink() else None
         remove_run(path)
-        click.echo(f"Deleted {path.name} ({path})", err=True)
+        if link is not None:
+            click.echo(f"Deleted the link {path.name} (its target {link} was left alone)", err=True)
+        else:
+            click.echo(f"Deleted {path.name} ({path})", err=True)
 
 
 @checkpoints.command("prune", context_settings=CONTEXT)

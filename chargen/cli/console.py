@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # messages: one line each
 if not console.is_terminal:
     console.width = 160  # logs and pipes: no terminal to fit, so don't wrap tables at 80 columns
 

@@ -8,6 +8,7 @@ Like every command module, it parses options, calls the library (``chargen.music
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,9 +133,12 @@ def abc_check(file, as_json, corpus_file, no_parse, timeout):
     from chargen.cli.console import console, table
     from chargen.files import read_text
     from chargen.music.check import check_tune, summarize
+    from chargen.music.export import check_tools
     from chargen.music.notation import split_tunes
     from chargen.music.novelty import NoveltyIndex
 
+    if not no_parse:
+        check_tools()  # music21, once, before any tune: not "invalid" for every tune
     tunes = split_tunes(read_text(file))
     checks = [check_tune(t, i + 1, not no_parse, timeout) for i, t in enumerate(tunes)]
     index = NoveltyIndex(read_text(corpus_file)) if corpus_file else None
@@ -191,7 +195,7 @@ class TuneOptions:
 
 def sample_tunes(model, config, options: TuneOptions, cap: int, temperature: float) -> None:
     """``chargen sample`` for a tune model: ``config.num`` complete tunes of at most ``cap``
-    tokens at ``temperature``, optionally exported."""
+    tokens at ``temperature``, each written (and exported) as soon as its batch is done."""
     from chargen.cli.base import stop_on_interrupt
     from chargen.music.export import check_tools
 
@@ -205,8 +209,9 @@ def sample_tunes(model, config, options: TuneOptions, cap: int, temperature: flo
         )
     if options.midi is not None or options.valid_only:
         check_tools(wav=options.wav, svg=options.svg)  # before sampling, not after
-    with stop_on_interrupt() as should_stop:
-        tunes = model.tunes(
+    tally = _Tally()
+    with stop_on_interrupt() as should_stop, _Exports(options) as exports:
+        tunes = model.iter_tunes(
             config.num,
             meter=options.meter,
             key=options.key,
@@ -219,15 +224,91 @@ def sample_tunes(model, config, options: TuneOptions, cap: int, temperature: flo
             valid_only=options.valid_only,
             should_stop=should_stop,
         )
-    rendered = "\n\n".join(t.text for t in tunes) + "\n"
-    exported = [{} for _ in tunes]
-    if options.midi is not None:
-        exported = _export(tunes, rendered, options.midi, options.wav, options.svg)
-    if options.as_json:
-        records = [_record(tune) | files for tune, files in zip(tunes, exported, strict=True)]
-        rendered = "".join(json_line(record) + "\n" for record in records)
-    write_output(rendered, options.output)
-    click.echo(_tunes_message(tunes, cap, options, exported), err=True)
+        parts = (tally.render(tune, exports.write(tune), options.as_json) for tune in tunes)
+        write_output(parts, options.output)
+    click.echo(tally.message(cap, options), err=True)
+
+
+class _Exports:
+    """DIR/tunes.abc (whole once the last tune is in), and each tune's MIDI file, WAV and SVG
+    where asked for; a tune that cannot be exported gets a warning and the others go on."""
+
+    def __init__(self, options: TuneOptions):
+        self.options = options
+        self.abc = None  # the open tunes.abc
+        self.count = 0
+        self._files = contextlib.ExitStack()
+
+    def __enter__(self) -> _Exports:
+        if self.options.midi is not None:
+            from chargen.files import atomic_path
+
+            folder = Path(self.options.midi)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = self._files.enter_context(atomic_path(folder / "tunes.abc"))
+            self.abc = self._files.enter_context(open(path, "w", encoding="utf-8"))
+        return self
+
+    def __exit__(self, *exc) -> bool | None:
+        return self._files.__exit__(*exc)
+
+    def write(self, tune) -> dict:
+        if self.abc is None:
+            return {}
+        from chargen.errors import MusicError
+        from chargen.music.export import write_midi, write_svg, write_wav
+
+        self.count += 1
+        number = self.count
+        self.abc.write(("\n" if number > 1 else "") + tune.text + "\n")
+        stem, files = Path(self.options.midi) / f"tune-{number:03d}", {}
+        try:
+            files["midi"] = str(write_midi(tune.text, stem.with_suffix(".mid")))
+            if self.options.wav:
+                files["wav"] = str(write_wav(files["midi"], stem.with_suffix(".wav")))
+            if self.options.svg:
+                files["svg"] = str(write_svg(tune.text, stem.with_suffix(".svg")))
+        except MusicError as exc:  # one unplayable tune does not stop the others
+            click.echo(f"warning: tune {number}: {exc}", err=True)
+        return files
+
+
+class _Tally:
+    """Counts of the tunes written, for the closing line."""
+
+    def __init__(self) -> None:
+        self.tunes = self.ended = self.valid = self.resampled = 0
+        self.files = {"midi": 0, "wav": 0, "svg": 0}
+
+    def render(self, tune, files: dict, as_json: bool) -> str:
+        self.tunes += 1
+        self.ended += tune.ended
+        self.valid += bool(tune.valid)
+        self.resampled += tune.attempts - 1
+        for kind in files:
+            self.files[kind] += 1
+        if as_json:
+            return json_line(_record(tune) | files) + "\n"
+        return ("\n" if self.tunes > 1 else "") + tune.text + "\n"
+
+    def message(self, cap: int, options: TuneOptions) -> str:
+        message = (
+            f"{self.tunes} tune{'s' if self.tunes != 1 else ''}: {self.ended} ended on their own "
+            f"before the cap of {cap} tokens"
+        )
+        if options.valid_only:
+            message += f", {self.valid} valid ({self.resampled} resampled)"
+        if options.midi is not None:
+            message += (
+                f"; wrote {Path(options.midi) / 'tunes.abc'} and {self.files['midi']} MIDI files"
+            )
+            if options.wav:
+                message += f", {self.files['wav']} WAV"
+            if options.svg:
+                message += f", {self.files['svg']} SVG"
+        if options.output is not None:
+            message += f"; tunes in {options.output}"
+        return message
 
 
 def _record(tune) -> dict:
@@ -240,50 +321,3 @@ def _record(tune) -> dict:
     if tune.check is not None:
         record["valid"] = tune.check.valid
     return record
-
-
-def _export(tunes, rendered: str, midi: str, wav: bool, svg: bool) -> list[dict]:
-    """DIR/tunes.abc, and for each tune its MIDI file (and WAV and SVG where asked for); a tune
-    that cannot be written gets a warning and the others are still written."""
-    from chargen.errors import MusicError
-    from chargen.files import write_atomic
-    from chargen.music.export import write_midi, write_svg, write_wav
-
-    folder = Path(midi)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / "tunes.abc", rendered.encode("utf-8"))
-    exported: list[dict] = [{} for _ in tunes]
-    for i, tune in enumerate(tunes):
-        stem = folder / f"tune-{i + 1:03d}"
-        try:
-            midi_file = write_midi(tune.text, stem.with_suffix(".mid"))
-            exported[i]["midi"] = str(midi_file)
-            if wav:
-                exported[i]["wav"] = str(write_wav(midi_file, stem.with_suffix(".wav")))
-            if svg:
-                exported[i]["svg"] = str(write_svg(tune.text, stem.with_suffix(".svg")))
-        except MusicError as exc:  # one unplayable tune does not stop the others
-            click.echo(f"warning: tune {i + 1}: {exc}", err=True)
-    return exported
-
-
-def _tunes_message(tunes, cap: int, options: TuneOptions, exported: list[dict]) -> str:
-    ended = sum(t.ended for t in tunes)
-    message = (
-        f"{len(tunes)} tune{'s' if len(tunes) != 1 else ''}: {ended} ended on their own "
-        f"before the cap of {cap} tokens"
-    )
-    midi, wav, svg, output = options.midi, options.wav, options.svg, options.output
-    if options.valid_only:
-        resampled = sum(t.attempts - 1 for t in tunes)
-        message += f", {sum(bool(t.valid) for t in tunes)} valid ({resampled} resampled)"
-    if midi is not None:
-        written = sum("midi" in e for e in exported)
-        message += f"; wrote {Path(midi) / 'tunes.abc'} and {written} MIDI files"
-        if wav:
-            message += f", {sum('wav' in e for e in exported)} WAV"
-        if svg:
-            message += f", {sum('svg' in e for e in exported)} SVG"
-    if output is not None:
-        message += f"; tunes in {output}"
-    return message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import click
 
@@ -126,35 +127,35 @@ def sample(ctx, run, beam, midi, wav, svg, meter, key, valid_only, **options):
     stream = config.num == 1 and not as_json and output is None
     with stop_on_interrupt() as should_stop:
         if beam is not None:
-            samples = [model.beam(config.prime, config.length, beam, stop=config.stop,
-                                  should_stop=should_stop)]  # fmt: skip
-            if stream:
-                _write_piece(0, samples[0].text)
+            found = model.beam(config.prime, config.length, beam, stop=config.stop,
+                               should_stop=should_stop)  # fmt: skip
+            samples = iter([found])
         else:
-            samples = model.generate_many(
-                config=config, on_text=_write_piece if stream else None, should_stop=should_stop
-            )
+            on_text = _write_piece if stream else None
+            samples = model.samples(config, on_text=on_text, should_stop=should_stop)
+        if stream:
+            for sample in samples:
+                if beam is not None:
+                    _write_piece(0, sample.text)
+            sys.stdout.write("\n")
+        else:
+            written = write_output(_rendered(samples, as_json), output)
         interrupted = should_stop()
     if interrupted:
         click.echo("\nInterrupted: keeping the text generated so far", err=True)
-    if stream:
-        sys.stdout.write("\n")
-    else:
-        _write_samples(samples, output, as_json)
-
-
-def _write_samples(samples, output: str | None, as_json: bool) -> None:
-    if as_json:
-        rendered = "".join(
-            json_line({"text": s.text, "tokens": s.tokens, "mean_logprob": s.mean_logprob}) + "\n"
-            for s in samples
-        )
-    else:
-        rendered = "\n\n".join(s.text for s in samples) + "\n"
-    write_output(rendered, output)
     if output is not None:
-        plural = "s" if len(samples) > 1 else ""
-        click.echo(f"Wrote {len(samples)} sample{plural} to {output}", err=True)
+        click.echo(f"Wrote {written} sample{'s' if written != 1 else ''} to {output}", err=True)
+
+
+def _rendered(samples, as_json: bool) -> Iterator[str]:
+    """Each sample as the text to write: a JSON line, or its text (a blank line between)."""
+    for i, sample in enumerate(samples):
+        if as_json:
+            record = {"text": sample.text, "tokens": sample.tokens,
+                      "mean_logprob": sample.mean_logprob}  # fmt: skip
+            yield json_line(record) + "\n"
+        else:
+            yield ("\n" if i else "") + sample.text + "\n"
 
 
 def _write_piece(index: int, piece: str) -> None:

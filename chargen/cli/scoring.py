@@ -87,18 +87,17 @@ def _report_scores(ctx, run_spec, files, weights, as_json, device, per_line) -> 
     model = load_model(ctx, run_spec, weights, device)
     rows = []  # (file, line number or None, score)
     for file in files:
-        text = read_text(file)
-        unknown = model.tokenizer.unknown_pieces(text)
+        if per_line:
+            scores = model.score_lines(read_text(file).splitlines())
+            rows += [(file, i + 1, score) for i, score in enumerate(scores)]
+            continue
+        score, unknown = model.score_file(file)
+        rows.append((file, None, score))
         if unknown and not as_json:
             console.print(
-                f"[yellow]note:[/] {file}: {len(unknown)} kinds of token the model "
-                "never saw were scored as <unk>"
+                f"[yellow]note:[/] {file}: {unknown:,} tokens the model never saw were scored "
+                "as <unk>"
             )
-        if per_line:
-            scores = model.score_lines(text.splitlines())
-            rows += [(file, i + 1, score) for i, score in enumerate(scores)]
-        else:
-            rows.append((file, None, model.score(text)))
     if as_json:
         for file, line, score in rows:
             record = {"run": model.name, "weights": model.weights, "file": file}

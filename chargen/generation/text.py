@@ -96,9 +96,10 @@ def prime_ids(tokenizer: Tokenizer, prime: str) -> list[int]:
     return [start if start is not None else min(1, tokenizer.vocab_size - 1)]
 
 
-def _sequences(tokenizer: Tokenizer, config: SampleConfig, on_text=None):
-    """The sequences of ``config.num`` samples, with the controls that decode them where text
-    must be seen as it is made or end at a stop text."""
+def _sequences(tokenizer: Tokenizer, config: SampleConfig, on_text=None, first: int = 0):
+    """The sequences of ``config.num`` samples, numbered from ``first`` (which picks their
+    random streams), with the controls that decode them where text must be seen as it is made
+    or end at a stop text."""
     config.validate()
     if tokenizer.pieces[0] != UNK:
         raise UsageError("tokenizer has no <unk> at id 0")
@@ -114,7 +115,7 @@ def _sequences(tokenizer: Tokenizer, config: SampleConfig, on_text=None):
 
         decoding = config.stop is not None or on_text is not None
         control = TextControl(tokenizer, config.stop, emit) if decoding else None
-        key = sequence_key(config.seed, i)
+        key = sequence_key(config.seed, first + i)
         sequences.append(Sequence(prompt, config.length, config, key, control))
     return sequences, texts
 
@@ -126,13 +127,16 @@ def sample(
     device: torch.device | str = "cpu",
     on_text: Callable[[int, str], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    first: int = 0,
 ) -> list[Sample]:
     """Generate ``config.num`` samples as one batch; ``on_text(i, piece)`` receives the text of
-    sample ``i`` as it becomes final, prime first.
+    sample ``i`` as it becomes final, prime first. The samples are numbers ``first`` onwards of
+    their request: the number picks a sample's random stream, so a request split into batches
+    gives the samples it would give in one.
 
     ``should_stop`` is asked after every step; when it says yes, the samples end there.
     """
-    sequences, texts = _sequences(tokenizer, config, on_text)
+    sequences, texts = _sequences(tokenizer, config, on_text, first)
     if on_text and config.prime:
         for i in range(config.num):
             on_text(i, config.prime)

@@ -94,6 +94,23 @@ class RNNLanguageModel(nn.Module):
             return zeros, zeros.clone()
         return zeros
 
+    @staticmethod
+    def shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+        """The shape of every entry of the ``state_dict`` of a model of ``config``, worked out
+        without building one (a test holds it to the real thing): a damaged or hostile config
+        is checked against saved weights before anything is allocated."""
+        vocab, width, hidden = config.vocab_size, config.embedding_dim, config.hidden_size
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell] * hidden
+        shapes = {"embedding.weight": (vocab, width)}
+        for k in range(config.num_layers):
+            shapes[f"rnn.weight_ih_l{k}"] = (gates, width if k == 0 else hidden)
+            shapes[f"rnn.weight_hh_l{k}"] = (gates, hidden)
+            shapes[f"rnn.bias_ih_l{k}"] = (gates,)
+            shapes[f"rnn.bias_hh_l{k}"] = (gates,)
+        shapes["head.weight"] = (vocab, hidden)
+        shapes["head.bias"] = (vocab,)
+        return shapes
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied matrix once
 

@@ -129,7 +129,9 @@ def check_tune(tune: str, number: int = 1, parse: bool = True, timeout: float = 
         check.problems.append("no music")
     for bar_number, problem in bar_problems(measured):
         check.problems.append(f"bar {bar_number}: {problem}")
-    if parse and "K" in fields:
+    # music21 only for tunes that pass every check above: its opinion cannot save a tune that
+    # fails them, and an absurd tune can make it take seconds and gigabytes.
+    if parse and not check.problems:
         try:
             score = parse_with_music21(tune, timeout)
             check.parsed = bool(len(score.recurse().notes))

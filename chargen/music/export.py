@@ -57,7 +57,10 @@ def check_tools(wav: bool = False, svg: bool = False) -> None:
     try:
         import music21  # noqa: F401
     except ImportError:
-        raise MusicError("writing tunes needs music21: pip install music21") from None
+        raise MusicError(
+            "this needs music21: pip install music21 (or chargen[music]); "
+            "abc check --no-parse checks headers and bars without it"
+        ) from None
     if wav and not shutil.which("timidity") and not (shutil.which("fluidsynth") and _soundfont()):
         raise MusicError(
             "--wav needs timidity (Debian package timidity) or fluidsynth with a General "

@@ -255,9 +255,17 @@ def meter_length(meter: str) -> Fraction | None:
         return None
     numerator = sum(int(n) for n in match.group(1).split("+"))
     denominator = int(match.group(2))
-    if numerator == 0 or denominator == 0:
+    if not 0 < numerator <= MAX_BEATS or denominator not in NOTE_VALUES:
         return None
     return Fraction(numerator, denominator)
+
+
+MAX_BEATS = 64
+"""Most beats a meter may have: far past any tune (12/8 is common, 4/1 rare), and a bound on
+what a hostile tune can make a parser allocate."""
+
+NOTE_VALUES = (1, 2, 4, 8, 16, 32, 64)
+"""Note values a meter's beat or a unit length may be (whole note to sixty-fourth)."""
 
 
 _KEY = re.compile(r"^\s*(?:([A-G][#b]?)\s*([A-Za-z]*)|none|HP|Hp)(?:\s|$)")
@@ -280,7 +288,10 @@ def default_unit(meter: str) -> str:
 
 
 def unit_length(value: str) -> Fraction | None:
+    """The unit note length of an L: value (``1/8``); None where it is unreadable or absurd."""
     match = _UNIT.match(value)
-    if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
+    if not match or not 0 < int(match.group(1)) <= MAX_BEATS:
+        return None
+    if int(match.group(2)) not in NOTE_VALUES:
         return None
     return Fraction(int(match.group(1)), int(match.group(2)))

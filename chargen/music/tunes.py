@@ -195,8 +195,10 @@ def generate_tunes(
     music: str = "",
     device: torch.device | str = "cpu",
     should_stop: Callable[[], bool] = lambda: False,
+    first: int = 0,
 ) -> list[Tune]:
-    """``config.num`` tunes sampled together; ``config.length`` caps each tune's tokens.
+    """``config.num`` tunes sampled together, numbers ``first`` onwards of their request (the
+    number picks a tune's random stream); ``config.length`` caps each tune's tokens.
 
     ``fields`` are headers to impose (letter to value, e.g. ``{"M": "6/8", "K": "D"}``) and
     ``music`` is where the music after the K: line starts. A tune ends when the model writes a
@@ -208,7 +210,7 @@ def generate_tunes(
     prompt = prime_ids(tokenizer, TUNE_START)
     controls = [TuneControl(tokenizer, fields, music) for _ in range(config.num)]
     sequences = [
-        Sequence(prompt, config.length, config, sequence_key(config.seed, i), control)
+        Sequence(prompt, config.length, config, sequence_key(config.seed, first + i), control)
         for i, control in enumerate(controls)
     ]
     engine = Engine(model, device)
@@ -227,6 +229,7 @@ def generate_valid_tunes(
     device: torch.device | str = "cpu",
     max_rounds: int = 10,
     should_stop: Callable[[], bool] = lambda: False,
+    first: int = 0,
 ) -> list[Tune]:
     """``config.num`` tunes that pass ``is_valid`` (and ended on their own), resampling those
     that fail, for at most ``max_rounds`` rounds; each tune's ``attempts`` says how many tunes
@@ -241,7 +244,7 @@ def generate_valid_tunes(
     for round_number in range(max_rounds):
         seed = None if config.seed is None else config.seed + round_number
         batch = replace(config, num=len(failing), seed=seed)
-        fresh = generate_tunes(model, tokenizer, batch, fields, music, device, should_stop)
+        fresh = generate_tunes(model, tokenizer, batch, fields, music, device, should_stop, first)
         still = []
         for index, tune in zip(failing, fresh, strict=True):
             attempts[index] += 1
@@ -256,6 +259,6 @@ def generate_valid_tunes(
     return [replace(t, attempts=n) for t, n in zip(tunes, attempts, strict=True) if t is not None]
 
 
-def numbered(tunes: list[Tune]) -> list[Tune]:
-    """The tunes with X: set to 1, 2, 3, ..."""
-    return [replace(tune, text=renumber(tune.text, i + 1)) for i, tune in enumerate(tunes)]
+def numbered(tunes: list[Tune], start: int = 1) -> list[Tune]:
+    """The tunes with X: set to ``start``, ``start + 1``, ..."""
+    return [replace(tune, text=renumber(tune.text, start + i)) for i, tune in enumerate(tunes)]

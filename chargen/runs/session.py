@@ -10,6 +10,7 @@ goes to the callbacks the caller passes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from collections.abc import Callable
@@ -232,11 +233,33 @@ def _resumed_configs(
         options = ", ".join(option_name(field) for field in changed)
         raise UsageError(f"{options}: cannot change on --resume; start a new run with --name")
     train_config = replace(saved, **{k: v for k, v in given.items() if k in RESUME_OVERRIDABLE})
-    saved_corpus = run.info.get("corpus")
-    corpus = corpus or ([saved_corpus] if isinstance(saved_corpus, str) else saved_corpus)
-    if not corpus:
-        raise UsageError("give the corpus to resume on")
-    return model_config, train_config, list(corpus)
+    if corpus:
+        return model_config, train_config, list(corpus)
+    saved = run.info.get("corpus")
+    saved = [saved] if isinstance(saved, str) else saved
+    if not saved:
+        raise UsageError("give the corpus to resume on: chargen train CORPUS --name NAME --resume")
+    _check_saved_corpus(run, saved)
+    return model_config, train_config, saved
+
+
+def _check_saved_corpus(run: store.Run, saved: list[str]) -> None:
+    """The corpus named in ``run.json`` is read only if it is the one the run trained on: the
+    same size, then the same content hash. A copied or tampered ``run.json`` cannot make
+    ``--resume`` read (and cache) another file."""
+    again = f"give the corpus: chargen train CORPUS --name {run.name} --resume"
+    try:
+        sources = corpus_module.expand_sources(saved)
+    except CorpusError as exc:
+        raise CorpusError(f"{exc} (the corpus this run trained on); {again}") from None
+    size = sum(path.stat().st_size for path in sources)
+    expected_size, expected_hash = run.info.get("corpus_bytes"), run.info.get("corpus_sha256")
+    if expected_hash is None:
+        raise CorpusError(f"{run.name} does not record what its corpus held; {again}")
+    if expected_size is not None and size != expected_size:
+        raise CorpusError(f"{' '.join(saved)} is not the corpus {run.name} trained on; {again}")
+    if corpus_module.corpus_digest(sources)[0] != expected_hash:
+        raise CorpusError(f"{' '.join(saved)} has changed since {run.name} trained on it; {again}")
 
 
 def _hardware(config: TrainConfig) -> tuple[torch.device, World]:
@@ -292,7 +315,7 @@ def _make_trainer(corpus, tokenizer, arrays, model_config, train_config, device,
         reset_every=train_config.reset_every,
     )
     val = Stream.of_ids(tokenizer, arrays.val, limit=train_config.eval_tokens)
-    warnings = []
+    warnings = list(arrays.notes)
     if batches.batch_size * world.size < train_config.batch_size:
         warnings.append(
             f"the corpus is short: training {batches.batch_size} parallel streams instead of "
@@ -321,9 +344,7 @@ def _open_run(run, root, name, corpus, tokenizer, arrays, trainer, world, warnin
                 "before and after are not comparable"
             )
         if world.is_main:
-            store.update_info(
-                run, train=to_dict(trainer.config), corpus=list(corpus), corpus_sha256=digest
-            )
+            store.update_info(run, train=to_dict(trainer.config), **_corpus_info(corpus, arrays))
             return run, lock
         return None, None
     if not world.is_main:
@@ -335,13 +356,25 @@ def _open_run(run, root, name, corpus, tokenizer, arrays, trainer, world, warnin
         tokenizer,
         model.config,
         trainer.config,
-        list(corpus),
+        _corpus_info(corpus, arrays)["corpus"],
         model.num_parameters(),
         force=force,
     )
     lock = store.lock_run(run.path)
-    store.update_info(run, corpus_sha256=digest, corpus_chars=arrays.train_chars + arrays.val_chars)
+    store.update_info(run, **_corpus_info(corpus, arrays))
     return run, lock
+
+
+def _corpus_info(corpus: list[str], arrays) -> dict[str, Any]:
+    """What ``run.json`` says of the corpus: its sources as absolute paths (so ``--resume``
+    finds them from anywhere), their size and content hash (so it reads nothing else)."""
+    sources = corpus_module.expand_sources(list(corpus))
+    return {
+        "corpus": [os.path.abspath(c) for c in corpus],
+        "corpus_bytes": sum(path.stat().st_size for path in sources),
+        "corpus_sha256": arrays.digest,
+        "corpus_chars": arrays.train_chars + arrays.val_chars,
+    }
 
 
 def save_checkpoint(session: TrainingSession, result: Score | None, status: str) -> None:

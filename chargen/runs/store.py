@@ -17,13 +17,11 @@ module that knows the layout.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
 import os
 import re
-import shutil
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +38,16 @@ from chargen.errors import (
     TokenizerError,
     UsageError,
 )
-from chargen.files import atomic_path, staged_directory, write_atomic
+from chargen.files import (
+    atomic_path,
+    clean_leftovers,
+    read_capped,
+    remove_tree,
+    staged_directory,
+    write_atomic,
+)
 from chargen.model.rnn import RNNLanguageModel
+from chargen.runs import schema
 from chargen.text.tokenizer import Tokenizer
 from chargen.training.trainer import Trainer, TrainState
 
@@ -67,8 +73,10 @@ def checkpoint_root(override: str | Path | None = None) -> Path:
 
 def check_name(name: str) -> str:
     if not _NAME.match(name) or ".." in name:
+        shown = repr(name) if len(name) <= 40 else repr(name[:37] + "...")
         raise UsageError(
-            f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' (no '/' or '..')"
+            f"invalid run name {shown}: use 1 to 100 letters, digits, '.', '_' and '-' "
+            "(no '/' or '..')"
         )
     return name
 
@@ -160,58 +168,38 @@ def is_run(path: Path) -> bool:
     return (path / RUN_FILE).is_file()
 
 
+RUN_FILE_LIMIT = 1 << 20  # bytes: a run.json is a few KB
+TOKENIZER_LIMIT = 256 << 20  # bytes: a word vocabulary of a million entries is tens of MB
+
+
 def open_run(path: Path) -> Run:
-    """Read ``run.json`` of the run at ``path``; raise ``CheckpointError`` if it is not a run."""
+    """Read and check ``run.json`` of the run at ``path``; ``CheckpointError`` if it is not a
+    run or the file is damaged."""
     run_file = path / RUN_FILE
-    if not run_file.is_file():
+    if not run_file.is_file() and not run_file.is_symlink():
         raise CheckpointError(f"{path}: not a chargen run (no {RUN_FILE})")
+    data = read_capped(run_file, RUN_FILE_LIMIT, CheckpointError)
     try:
-        info = json.loads(run_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        info = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{run_file}: unreadable ({exc}); the run is damaged") from None
-    if not isinstance(info, dict) or "model" not in info or "train" not in info:
-        raise CheckpointError(f"{run_file}: missing model or training config; the run is damaged")
-    version = info.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {version!r} is newer than this chargen understands "
-            f"({FORMAT_VERSION}); upgrade chargen"
-        )
-    _check_types(run_file, info)
+    schema.check_info(info, run_file, FORMAT_VERSION)
     return Run(path, info)
-
-
-def _check_types(run_file: Path, info: dict[str, Any]) -> None:
-    """Every config and state field that is present has its annotated type (a float may be an
-    int in JSON; a bool is never a number)."""
-    for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("state", TrainState)):
-        values = info.get(section, {})
-        if not isinstance(values, dict):
-            raise CheckpointError(f"{run_file}: {section!r} is not an object; the run is damaged")
-        for name, hint in typing.get_type_hints(cls).items():
-            value = values.get(name)
-            if value is None:
-                continue
-            kinds = tuple(k for k in typing.get_args(hint) or (hint,) if k is not type(None))
-            if float in kinds:
-                kinds += (int,)
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise CheckpointError(
-                    f"{run_file}: {section}.{name} is {value!r}; the run is damaged"
-                )
 
 
 def scan_runs(root: Path) -> tuple[list[Run], list[Path]]:
     """Readable runs under ``root``, most recently updated first, and the damaged ones."""
     if not root.is_dir():
         return [], []
+    clean_leftovers(root)
     runs, damaged = [], []
     for child in sorted(root.iterdir()):
-        if child.is_dir() and not child.name.startswith(".") and (child / RUN_FILE).exists():
-            try:
-                runs.append(open_run(child))
-            except CheckpointError:
-                damaged.append(child)
+        if child.name.startswith(".") or not child.is_dir() or not _NAME.match(child.name):
+            continue
+        try:
+            runs.append(open_run(child))
+        except CheckpointError:
+            damaged.append(child)  # a damaged run, or a folder a killed rm left without run.json
     runs.sort(key=lambda r: r.info.get("updated", 0), reverse=True)
     return runs, damaged
 
@@ -221,14 +209,16 @@ def list_runs(root: Path) -> list[Run]:
 
 
 def find_run_dir(spec: str, root: Path) -> Path:
-    """The directory of a run by name or path, even if the run inside is damaged."""
+    """The directory of a run to remove, by name or path, even if the run inside is damaged:
+    by name, any folder (or link) of that name in ``root`` (a killed removal can leave one
+    without ``run.json``); by path, only a folder that holds a ``run.json``."""
     candidate = Path(spec)
-    path = (
-        candidate
-        if os.sep in spec or candidate.is_dir() and not (root / spec).exists()
-        else run_path(root, spec)
-    )
-    if not (path / RUN_FILE).exists():
+    if os.sep in spec or (candidate.is_dir() and not (root / spec).exists()):
+        if not is_run(candidate):
+            raise CheckpointError(f"{spec}: not a chargen run (no {RUN_FILE}); left alone")
+        return candidate
+    path = root / check_name(spec)
+    if not path.is_dir() and not path.is_symlink():
         raise CheckpointError(f"no run named {spec!r} in {root}")
     return path
 
@@ -260,8 +250,10 @@ def resolve_run(spec: str | None, root: Path) -> Run:
 
 
 def remove_run(path: Path) -> None:
-    lock_run(path).close()
-    shutil.rmtree(path)
+    """Delete a run directory (a link to one: the link alone), refusing one being trained."""
+    if not path.is_symlink():
+        lock_run(path).close()
+    remove_tree(path)
 
 
 LOCK_FILE = ".lock"
@@ -304,13 +296,21 @@ def create_run(
 ) -> Run:
     """Make the directory of a new run with its ``run.json`` and ``tokenizer.json``."""
     path = run_path(root, name)
+    if root.is_dir():
+        clean_leftovers(root)
     if path.exists() or path.is_symlink():
+        if not force and not is_run(path):
+            raise RunExistsError(
+                f"{path} exists but is not a run (damaged, or left by an interrupted rm); "
+                f"remove it (chargen checkpoints rm {name}) or use --force to replace it"
+            )
         if not force:
             raise RunExistsError(
                 f"a run named {name!r} already exists in {root}; "
                 "use --resume to continue it, --force to replace it, or another --name"
             )
-        lock_run(path).close()  # refuse to delete a run that another process is training
+        if path.is_dir() and not path.is_symlink():
+            lock_run(path).close()  # refuse to delete a run that another process is training
     now = time.time()
     info = {
         "format_version": FORMAT_VERSION,
@@ -386,20 +386,36 @@ def update_info(run: Run, **changes: Any) -> None:
 
 def append_metrics(run: Run, record: dict[str, Any]) -> None:
     # Appending one short line is as good as atomic here: a torn last line is skipped on reading.
-    with open(run.file(METRICS_FILE), "a", encoding="utf-8") as handle:
+    # A link in its place is not followed: training appends to the run's own file only.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(run.file(METRICS_FILE), flags, 0o666)
+    except OSError as exc:
+        raise CheckpointError(f"{run.file(METRICS_FILE)}: cannot append ({exc.strerror})") from None
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
 
 
+METRICS_LIMIT = 256 << 20  # bytes: a line per evaluation; a million evaluations fit
+
+
 def read_metrics(run: Run) -> list[dict[str, Any]]:
+    """The evaluations recorded so far; lines that are not evaluations (a torn last line, a
+    tampered one) are skipped."""
     path = run.file(METRICS_FILE)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_capped(path, METRICS_LIMIT, CheckpointError).splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except ValueError:  # a torn line, or bytes that are not UTF-8
             continue
+        if isinstance(record, dict) and all(
+            isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool)
+            for k in ("step", "train_loss", "val_loss")
+        ):
+            records.append(record)
     return records
 
 
@@ -408,16 +424,11 @@ def read_metrics(run: Run) -> list[dict[str, Any]]:
 
 def load_tokenizer(run: Run) -> Tokenizer:
     path = run.file(TOKENIZER_FILE)
+    if not path.exists() and not path.is_symlink():
+        raise CheckpointError(f"{run.path}: {TOKENIZER_FILE} is missing; the run is damaged")
+    data = read_capped(path, TOKENIZER_LIMIT, CheckpointError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"{run.path}: {TOKENIZER_FILE} is missing; the run is damaged"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc})") from None
-    try:
-        tokenizer = Tokenizer.from_json(text, run.level)
+        tokenizer = Tokenizer.from_json(data, run.level)
     except TokenizerError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if tokenizer.vocab_size != run.model_config.vocab_size:
@@ -428,46 +439,38 @@ def load_tokenizer(run: Run) -> Tokenizer:
     return tokenizer
 
 
-def _read_tensors(path: Path, prefix: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors (optionally only those under ``prefix``) and metadata of a safetensors file.
+def _read_tensors(run: Run, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a weights file of ``run``, checked before they are loaded: a
+    regular file no larger than the run's config allows, a sound header, weights of exactly
+    the shapes the config implies.
 
     The file is read whole, in one ``open``: a trainer may replace it at any moment, and a
     reader that opened it twice (once for the header, once for the data) could mix versions.
     """
+    expected = schema.expected_shapes(run.model_config)
+    data = read_capped(path, _size_limit(run, expected), CheckpointError)
+    header = schema.check_header(data, path)
+    schema.check_weights(header, expected, path)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    try:
-        header_size = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_size])  # JSON: the format has no code in it
-        metadata = header.get("__metadata__") or {}
-        tensors = {
-            k: v
-            for k, v in load_safetensors(data).items()
-            if prefix is None or k.startswith(prefix)
-        }
+        tensors = load_safetensors(data)  # JSON header and raw data: the format has no code
     except Exception as exc:  # safetensors raises several error types for damaged files
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file ({exc}); "
-            "the checkpoint is corrupt or truncated"
-        ) from None
-    return tensors, metadata
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    return tensors, header.get("__metadata__") or {}
 
 
-def _load_weights(model: RNNLanguageModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _size_limit(run: Run, expected: dict[str, tuple[int, ...]]) -> int:
+    """The most bytes a weights file of ``run`` can hold: the weights and AdamW's two moments
+    in float32, the carried state of every stream, the random state and the header."""
+    weights = sum(math.prod(shape) for shape in expected.values()) * 4
+    config, train = run.model_config, run.train_config
+    states = 2 * config.num_layers * train.batch_size * config.hidden_size * 4
+    return 3 * weights + len(expected) * 64 + states + schema.MAX_HEADER + (1 << 20)
+
+
+def _load_weights(model: RNNLanguageModel, tensors: dict[str, torch.Tensor]) -> None:
+    """The model's weights from checked tensors (``_read_tensors`` matched their shapes)."""
     state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"{path}: weights do not fit the model config ({first})") from None
-    allowed = {"head.weight"} if model.config.tie_weights else set()
-    if set(missing) - allowed or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not fit the model config "
-            f"(missing {sorted(set(missing) - allowed)}, unexpected {sorted(unexpected)})"
-        )
+    model.load_state_dict(state, strict=not model.config.tie_weights)
 
 
 def weights_path(run: Run, weights: str = "best") -> Path:
@@ -491,56 +494,78 @@ def load_model(
 ) -> tuple[RNNLanguageModel, Tokenizer]:
     """The model (in eval mode, on ``device``) and tokenizer of a run."""
     tokenizer = load_tokenizer(run)
-    model = RNNLanguageModel(run.model_config)
-    path = weights_path(run, weights)
-    tensors, _ = _read_tensors(path, prefix="model.")
-    _load_weights(model, tensors, path)
+    tensors, _ = _read_tensors(run, weights_path(run, weights))
+    model = RNNLanguageModel(run.model_config)  # only now: the weights fit its shapes
+    _load_weights(model, tensors)
     return model.to(device).eval(), tokenizer
 
 
 def restore_trainer(run: Run, trainer: Trainer) -> None:
-    """Restore model, optimizer, data position, hidden state and RNG as ``save_last`` left them."""
+    """Restore model, optimizer, data position, hidden state and RNG as ``save_last`` left them,
+    each checked against what this trainer has before it is taken."""
     path = run.file(LAST_FILE)
     if not path.exists():
         raise CheckpointError(
             f"{run.path}: nothing to resume yet (stopped before its first checkpoint); "
             "start it again with --force"
         )
-    tensors, metadata = _read_tensors(path)
+    tensors, metadata = _read_tensors(run, path)
     if "state" not in metadata:
         raise CheckpointError(
             f"{run.path}: this run cannot be resumed (no optimizer state; was it pruned?)"
         )
-    _load_weights(trainer.model, tensors, path)
     try:
         state = json.loads(metadata["state"])
-        groups = json.loads(metadata["param_groups"])
-    except (KeyError, json.JSONDecodeError):
+    except json.JSONDecodeError:
         raise CheckpointError(f"{path}: damaged training state; cannot resume") from None
-    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    state = schema.check_state(state, f"{path}: state")
+    optimizer = _optimizer_state(tensors, trainer.params, path)
+    hidden = _hidden_state(tensors, trainer, path)
+    rng = _rng_state(tensors, path)
+    _load_weights(trainer.model, tensors)
+    # Hyperparameters come from the run's config; how the update is computed (fused or not)
+    # belongs to this machine: the saved file contributes the moments alone.
+    groups = [dict(group, params=list(range(len(trainer.params))))
+              for group in trainer.optimizer.state_dict()["param_groups"]]  # fmt: skip
+    trainer.optimizer.load_state_dict({"state": optimizer, "param_groups": groups})
+    trainer.load_hidden(hidden)
+    torch.set_rng_state(rng)
+    if "rng.cuda" in tensors and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
+    trainer.state = state
+
+
+def _optimizer_state(tensors, params: list[torch.Tensor], path) -> dict[int, dict]:
+    """AdamW's saved moments, each named for a parameter and shaped like it."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
-            _, index, slot = key.split(".", 2)
-            optim_state.setdefault(int(index), {})[slot] = value
-    for saved, current in zip(groups, trainer.optimizer.param_groups, strict=False):
-        # How the update is computed belongs to this machine, not to the saved run.
-        for key in ("fused", "foreach"):
-            saved[key] = current.get(key)
-    try:
-        trainer.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: optimizer state does not fit the model ({exc})") from None
+            index, slot = schema.optimizer_key(key, params, path)
+            if tuple(value.shape) != schema.optimizer_shape(slot, params[index]):
+                raise CheckpointError(f"{path}: {key} has the wrong shape; the run is damaged")
+            state.setdefault(index, {})[slot] = value.float()
+    if any(set(slots) != set(schema.OPTIMIZER_SLOTS) for slots in state.values()):
+        raise CheckpointError(f"{path}: incomplete optimizer state; the run is damaged")
+    return state
+
+
+def _hidden_state(tensors, trainer: Trainer, path):
+    """The carried state of every stream, shaped as this trainer's state (all processes')."""
     hidden = [tensors[f"hidden.{i}"] for i in range(2) if f"hidden.{i}" in tensors]
     expected = trainer.hidden if isinstance(trainer.hidden, tuple) else (trainer.hidden,)
     streams = trainer.batches.batch_size * trainer.world.size
-    if len(hidden) != len(expected) or any(h.shape[1] != streams for h in hidden):
+    shape = (trainer.model.config.num_layers, streams, trainer.model.config.hidden_size)
+    if len(hidden) != len(expected) or any(tuple(h.shape) != shape for h in hidden):
         raise CheckpointError(f"{path}: saved hidden state does not fit this run's batch size")
-    trainer.load_hidden(tuple(hidden) if len(hidden) == 2 else hidden[0])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and trainer.device.type == "cuda":
-        torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
-    known = {f.name for f in dataclasses.fields(TrainState)}
-    trainer.state = TrainState(**{k: v for k, v in state.items() if k in known})
+    return tuple(h.float() for h in hidden) if len(hidden) == 2 else hidden[0].float()
+
+
+def _rng_state(tensors, path) -> torch.Tensor:
+    rng = tensors.get("rng.torch")
+    current = torch.get_rng_state()
+    if rng is None or rng.dtype != current.dtype or rng.shape != current.shape:
+        raise CheckpointError(f"{path}: damaged random state; the run is damaged")
+    return rng
 
 
 # ---------------------------------------------------------------------------- pruning
@@ -552,6 +577,11 @@ def prune_run(run: Run, best_only: bool = False, force: bool = False) -> int:
     Returns the bytes freed. A pruned run still samples and evaluates but cannot be resumed, so
     a run that has not finished is refused unless ``force``.
     """
+    with lock_run(run.path):  # not while it trains, --force or not
+        return _prune(run, best_only, force)
+
+
+def _prune(run: Run, best_only: bool, force: bool) -> int:
     if run.info.get("status") != "finished" and run.info.get("resumable") and not force:
         raise UsageError(
             f"run {run.name!r} is {run.info.get('status')} and could still be resumed; "
@@ -562,7 +592,8 @@ def prune_run(run: Run, best_only: bool = False, force: bool = False) -> int:
     if best_only and run.file(BEST_FILE).exists():
         last.unlink(missing_ok=True)
     elif last.exists() and run.info.get("resumable"):
-        tensors, metadata = _read_tensors(last, prefix="model.")
-        _save_tensors_atomic(last, tensors, {"format_version": metadata.get("format_version", "1")})
+        tensors, metadata = _read_tensors(run, last)
+        weights = {k: v for k, v in tensors.items() if k.startswith("model.")}
+        _save_tensors_atomic(last, weights, {"format_version": metadata.get("format_version", "1")})
     update_info(run, resumable=False)
     return before - run.disk_bytes()

@@ -12,6 +12,7 @@ from the state a sampler starts it from, and no piece's state leaks into the nex
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,6 +26,11 @@ IGNORE = -100
 there."""
 
 
+CHUNK = 1 << 22
+"""Tokens looked at in one go by the passes over a whole token array, so that a memory-mapped
+array of any size is never copied whole."""
+
+
 def piece_starts(tokenizer, ids: np.ndarray) -> np.ndarray | None:
     """Where the pieces of ``ids`` begin, for a level whose corpora are made of separate pieces
     (``tokenizer.separate_pieces``); None for a level whose text is one continuous piece.
@@ -36,13 +42,24 @@ def piece_starts(tokenizer, ids: np.ndarray) -> np.ndarray | None:
     if not tokenizer.separate_pieces:
         return None
     newline = tokenizer.id_of("\n")
-    ids = np.asarray(ids)
     if newline is None or len(ids) < 2:
         return np.zeros(1, dtype=np.int64)
-    is_newline = ids == newline
-    blank = is_newline[1:] & is_newline[:-1]  # blank[i]: ids[i + 1] is a second newline
-    blank &= np.append(~is_newline[2:], True)  # ... and the last one of its run
-    return np.concatenate([[0], np.flatnonzero(blank) + 1]).astype(np.int64)
+    found = [np.zeros(1, dtype=np.int64)]
+    for first in range(0, len(ids) - 1, CHUNK):
+        # position i + 1 starts a piece where ids[i] and ids[i + 1] are newlines and ids[i + 2]
+        # is not (or the text ends there)
+        is_newline = np.asarray(ids[first : first + CHUNK + 2]) == newline
+        blank = is_newline[1:] & is_newline[:-1]
+        blank &= np.append(~is_newline[2:], first + CHUNK + 2 >= len(ids))
+        found.append(np.flatnonzero(blank[:CHUNK]) + first + 1)
+    return np.concatenate(found).astype(np.int64)
+
+
+def covered_chars(tokenizer, ids: np.ndarray) -> int:
+    """Characters that the predictions of ``ids`` cover: those of every token but the first (an
+    ``<unk>`` stands for text of unknown length and counts as one)."""
+    lengths = tokenizer.piece_lengths
+    return sum(int(lengths[ids[i : i + CHUNK]].sum()) for i in range(1, len(ids), CHUNK))
 
 
 def _pieces(starts: np.ndarray, predictions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,11 +114,10 @@ class Stream:
 
     @classmethod
     def of_ids(cls, tokenizer, ids: np.ndarray, limit: int | None = None) -> Stream:
-        """The stream of ``ids``, cut to its first ``limit`` tokens if given."""
+        """The stream of ``ids`` (a memory-mapped array of any size), cut to its first
+        ``limit`` tokens if given."""
         ids = ids[:limit] if limit is not None else ids
-        # An <unk> stands for text of unknown length; it counts as one character.
-        chars = int(tokenizer.piece_lengths[ids[1:]].sum()) if len(ids) > 1 else 0
-        return cls(ids=ids, chars=chars, starts=piece_starts(tokenizer, ids))
+        return cls(ids, covered_chars(tokenizer, ids), piece_starts(tokenizer, ids))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -226,56 +242,51 @@ def eval_layout(
     max_streams: int = EVAL_STREAMS,
     min_stream_len: int = 512,
     starts: np.ndarray | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every prediction of ``ids`` as (inputs, targets) stream blocks for evaluation, each block
-    scored from a fresh state.
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every prediction of ``ids`` as (inputs, targets) stream blocks (B, L) for evaluation,
+    each block scored from a fresh state; made one at a time, as views of ``ids`` where they
+    can be, so that a memory-mapped text of any size is never copied whole.
 
-    Most predictions go into at most ``max_streams`` parallel streams (B, L) of at least
-    ``min_stream_len`` tokens where the text allows; the few left over, if any,
-    form one more block of a single stream. Together they cover each of the ``len(ids) - 1``
-    predictions exactly once. With ``starts``, each piece is a stream of its own instead: pieces of
-    similar length are batched together, and targets past a piece's end are ``IGNORE``.
+    Most predictions go into at most ``max_streams`` parallel streams of at least
+    ``min_stream_len`` tokens where the text allows; the few left over, if any, form one more
+    block of a single stream. Together they cover each of the ``len(ids) - 1`` predictions
+    exactly once. With ``starts``, each piece is a stream of its own instead: pieces of similar
+    length are batched together, and targets past a piece's end are ``IGNORE``.
     """
     predictions = len(ids) - 1
     if predictions < 1:
-        return []
+        return
     if starts is not None:
-        return _piece_blocks(ids, starts, max_streams)
+        yield from _piece_blocks(ids, starts, max_streams)
+        return
     # Each stream starts from a zero state, so keep streams long enough that the cold start
     # is a small part of them.
     streams = max(1, min(max_streams, predictions // min_stream_len))
     length = predictions // streams
-    blocks = []
     main = streams * length
-    inputs = torch.from_numpy(ids[:main].reshape(streams, length).astype(np.int64))
-    targets = torch.from_numpy(ids[1 : main + 1].reshape(streams, length).astype(np.int64))
-    blocks.append((inputs, targets))
+    yield ids[:main].reshape(streams, length), ids[1 : main + 1].reshape(streams, length)
     if main < predictions:
-        blocks.append(
-            (
-                torch.from_numpy(ids[main:-1].astype(np.int64))[None],
-                torch.from_numpy(ids[main + 1 :].astype(np.int64))[None],
-            )
-        )
-    return blocks
+        yield ids[main:-1][None], ids[main + 1 :][None]
 
 
 def _piece_blocks(
     ids: np.ndarray, starts: np.ndarray, max_streams: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     starts, lengths = _pieces(starts, len(ids) - 1)
     order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding
-    blocks = []
     for first in range(0, len(order), max_streams):
         group = order[first : first + max_streams]
         width = int(lengths[group].max())
-        inputs = torch.zeros(len(group), width, dtype=torch.int64)
-        targets = torch.full((len(group), width), IGNORE, dtype=torch.int64)
+        inputs = np.zeros((len(group), width), dtype=np.int64)
+        targets = np.full((len(group), width), IGNORE, dtype=np.int64)
         for row, piece in enumerate(group):
             start, length = int(starts[piece]), int(lengths[piece])
-            inputs[row, :length] = torch.from_numpy(ids[start : start + length].astype(np.int64))
-            targets[row, :length] = torch.from_numpy(
-                ids[start + 1 : start + length + 1].astype(np.int64)
-            )
-        blocks.append((inputs, targets))
-    return blocks
+            inputs[row, :length] = ids[start : start + length]
+            targets[row, :length] = ids[start + 1 : start + length + 1]
+        yield inputs, targets
+
+
+def window_tensor(block: np.ndarray, start: int, width: int) -> torch.Tensor:
+    """Columns ``start:start + width`` of a block of ids (any integer dtype, possibly
+    memory-mapped) as an int64 tensor: the only copy evaluation makes of them."""
+    return torch.from_numpy(np.ascontiguousarray(block[:, start : start + width], dtype=np.int64))

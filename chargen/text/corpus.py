@@ -18,17 +18,24 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from chargen.errors import CorpusError
-from chargen.files import BOM, not_utf8, staged_directory, write_atomic
+from chargen.errors import CorpusError, TokenizerError
+from chargen.files import (
+    BOM,
+    clean_leftovers,
+    not_utf8,
+    read_capped,
+    staged_directory,
+    write_atomic,
+)
 from chargen.text.tokenizer import Tokenizer
 
 CHUNK_BYTES = 1 << 24  # 16 MB of a file at a time
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries carry a checksum of their tokens
 ENV_CACHE = "CHARGEN_CACHE"
 
 Progress = Callable[[int], None]  # called with bytes processed since the last call
@@ -165,6 +172,7 @@ class TokenArrays:
     train_chars: int
     val_chars: int
     digest: str  # content hash of the corpus text
+    notes: tuple[str, ...] = ()  # what the user should know: damaged cache entries rebuilt
 
 
 def corpus_digest(paths: list[Path], progress: Progress | None = None) -> tuple[str, int, bool]:
@@ -219,22 +227,58 @@ def prepare(
     cut = int(chars * (1.0 - val_frac))
     if boundary:
         cut = _cut_at_boundary(sources, cut, boundary, chars)
+    notes: list[str] = []
+    if cache.is_dir():
+        clean_leftovers(cache)
     if tokenizer is None:
-        vocab_key = _key(digest, "vocab", level, vocab_size, min_freq, cut)
-        vocab_file = cache / f"vocab-{vocab_key}.json"
-        if vocab_file.is_file():
-            tokenizer = Tokenizer.from_json(vocab_file.read_text(encoding="utf-8"), level)
-        else:
+        vocab_file = cache / f"vocab-{_key(digest, 'vocab', level, vocab_size, min_freq, cut)}.json"
+        tokenizer = _cached_vocabulary(vocab_file, level, notes)
+        if tokenizer is None:
             tokenizer = train_tokenizer(
                 sources, cut, level, vocab_size, min_freq, phase("vocabulary")
             )
             vocab_file.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(vocab_file, tokenizer.to_json().encode("utf-8"))
-    tokens_key = _key(digest, "tokens", tokenizer.to_json(), cut)
-    entry = cache / f"tokens-{tokens_key}"
-    if not (entry / "meta.json").is_file():
+    entry = cache / f"tokens-{_key(digest, 'tokens', tokenizer.to_json(), cut)}"
+    arrays = None
+    if entry.exists() or entry.is_symlink():
+        try:
+            arrays = _open_entry(entry, digest, tokenizer.vocab_size)
+        except _Damaged as exc:
+            notes.append(f"the token cache {entry} was damaged ({exc}); rebuilt it")
+    if arrays is None:
         _encode_to_cache(sources, tokenizer, cut, entry, phase("tokens"))
-    return tokenizer, _open_entry(entry, digest)
+        arrays = _open_entry(entry, digest, tokenizer.vocab_size)
+    return tokenizer, replace(arrays, notes=tuple(notes))
+
+
+def _cached_vocabulary(path: Path, level: str, notes: list[str]) -> Tokenizer | None:
+    """The vocabulary cached at ``path``; None (and a note) where it is missing or damaged."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        return Tokenizer.from_json(read_capped(path, 256 << 20, TokenizerError), level)
+    except TokenizerError as exc:
+        notes.append(f"the vocabulary cache {path} was damaged ({exc}); rebuilt it")
+        return None
+
+
+def encode_to_file(
+    sources: list[Path], tokenizer: Tokenizer, path: Path, progress: Progress | None = None
+) -> tuple[np.ndarray, int]:
+    """The tokens of ``sources`` written to ``path`` chunk by chunk and mapped back: memory
+    stays flat whatever the size of the text. Returns the ids and how many are ``<unk>``."""
+    dtype = _dtype(tokenizer.vocab_size)
+    count, unknown = 0, 0
+    with open(path, "wb") as out:
+        for piece in _line_aligned(iter_text(sources, progress)):
+            ids = tokenizer.encode(piece)
+            unknown += int(np.count_nonzero(ids == 0))
+            out.write(ids.astype(dtype).tobytes())
+            count += len(ids)
+    if count == 0:
+        return np.zeros(0, dtype=dtype), 0
+    return np.memmap(path, dtype=dtype, mode="r", shape=(count,)), unknown
 
 
 def _cut_at_boundary(sources, cut: int, boundary: str, chars: int) -> int:
@@ -269,7 +313,7 @@ def _encode_to_cache(sources, tokenizer: Tokenizer, cut: int, entry: Path, progr
     counts = {"train": 0, "val": 0}
     chars = {"train": 0, "val": 0}
     aligners = {"train": _LineAligner(), "val": _LineAligner()}
-    with staged_directory(entry, suffix=".tmp") as staging:
+    with staged_directory(entry) as staging:
         with (
             open(staging / "train.bin", "wb") as train_out,
             open(staging / "val.bin", "wb") as val_out,
@@ -295,18 +339,47 @@ def _encode_to_cache(sources, tokenizer: Tokenizer, cut: int, entry: Path, progr
             "val_tokens": counts["val"],
             "train_chars": chars["train"],
             "val_chars": chars["val"],
+            "checksum": _checksum(staging),
         }
         (staging / "meta.json").write_text(json.dumps(meta))
 
 
-def _open_entry(entry: Path, digest: str) -> TokenArrays:
-    meta = json.loads((entry / "meta.json").read_text())
+class _Damaged(Exception):
+    """A cache entry that cannot be trusted, and why."""
+
+
+_META_COUNTS = ("train_tokens", "val_tokens", "train_chars", "val_chars")
+
+
+def _open_entry(entry: Path, digest: str, vocab_size: int) -> TokenArrays:
+    """The token arrays of a cache entry, checked before they are trusted: its description,
+    the sizes of its files, the checksum of their bytes, and every id below ``vocab_size``."""
+    try:
+        meta = json.loads(read_capped(entry / "meta.json", 1 << 16, TokenizerError))
+    except (TokenizerError, ValueError) as exc:
+        raise _Damaged(f"meta.json: {exc}") from None
+    if (
+        not isinstance(meta, dict)
+        or meta.get("dtype") not in ("uint16", "uint32")
+        or not all(type(meta.get(k)) is int and meta[k] >= 0 for k in _META_COUNTS)
+        or not isinstance(meta.get("checksum"), str)
+    ):
+        raise _Damaged("meta.json is not a description of token arrays")
     dtype = np.dtype(meta["dtype"])
+    for name, count in (("train.bin", meta["train_tokens"]), ("val.bin", meta["val_tokens"])):
+        path = entry / name
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != count * dtype.itemsize:
+            raise _Damaged(f"{name} is not {count:,} tokens long")
+    if _checksum(entry) != meta["checksum"]:
+        raise _Damaged("its tokens do not match their checksum")
 
     def load(name: str, count: int) -> np.ndarray:
         if count == 0:
             return np.zeros(0, dtype=dtype)
-        return np.memmap(entry / name, dtype=dtype, mode="r", shape=(count,))
+        ids = np.memmap(entry / name, dtype=dtype, mode="r", shape=(count,))
+        if int(ids.max()) >= vocab_size:
+            raise _Damaged(f"{name} holds ids outside the vocabulary")
+        return ids
 
     return TokenArrays(
         train=load("train.bin", meta["train_tokens"]),
@@ -315,3 +388,14 @@ def _open_entry(entry: Path, digest: str) -> TokenArrays:
         val_chars=meta["val_chars"],
         digest=digest,
     )
+
+
+def _checksum(entry: Path) -> str:
+    """BLAKE2b of the bytes of ``train.bin`` then ``val.bin``: a gigabyte in about a second."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in ("train.bin", "val.bin"):
+        with open(entry / name, "rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                digest.update(chunk)
+        digest.update(b"\x00")
+    return digest.hexdigest()

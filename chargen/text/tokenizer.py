@@ -20,6 +20,7 @@ This module knows nothing about models, files on disk or the command line.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -125,12 +126,26 @@ class Tokenizer:
         return cls(hf, level)
 
     @classmethod
-    def from_json(cls, data: str, level: str):
+    def from_json(cls, data: str | bytes, level: str):
+        """The tokenizer of a saved ``tokenizer.json``.
+
+        Only its vocabulary is taken; the pipeline around it (pre-tokenizer, decoder) is this
+        level's own, rebuilt here. A shared file cannot bring a regular expression of its own
+        (one that takes forever, or panics the Rust engine) or a vocabulary with holes.
+        """
         try:
-            hf = HFTokenizer.from_str(data)
-        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
-            raise TokenizerError(f"not a valid tokenizer file: {exc}") from None
-        return cls(hf, level)
+            vocab = json.loads(data)["model"]["vocab"]
+        except (ValueError, KeyError, TypeError):
+            raise TokenizerError("not a chargen tokenizer file (no model.vocab)") from None
+        if level not in LEVELS:
+            raise TokenizerError(f"unknown level {level!r}")
+        if not isinstance(vocab, dict) or not all(
+            isinstance(piece, str) and type(i) is int for piece, i in vocab.items()
+        ):
+            raise TokenizerError("model.vocab is not a map from pieces to ids")
+        if sorted(vocab.values()) != list(range(len(vocab))):
+            raise TokenizerError("model.vocab's ids are not 0, 1, ... with none repeated")
+        return cls(_build_hf(vocab, level), level)
 
     def to_json(self) -> str:
         return self._hf.to_str(pretty=True)

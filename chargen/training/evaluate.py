@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from chargen.metrics import Score
 from chargen.model.device import autocast
 from chargen.model.rnn import RNNLanguageModel
-from chargen.text.batches import IGNORE, Stream, eval_layout
+from chargen.text.batches import IGNORE, Stream, eval_layout, window_tensor
 from chargen.training.distributed import SINGLE, World, sum_all
 from chargen.training.workers import SINGLE as CALLING_THREAD
 from chargen.training.workers import Workers
@@ -58,20 +59,20 @@ def evaluate(
 @torch.inference_mode()  # per thread: each worker enters it itself
 def _score_streams(
     model: RNNLanguageModel,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    inputs: np.ndarray,
+    targets: np.ndarray,
     device: torch.device,
     bf16: bool,
     window: int,
     rows: slice,
 ) -> tuple[float, int]:
-    """Summed loss and count of the scored targets of streams ``rows`` of ``inputs`` (B, T)."""
+    """Summed loss and count of the scored targets of streams ``rows`` of ``inputs`` (B, L)."""
     inputs, targets = inputs[rows], targets[rows]
     total, count = 0.0, 0
     hidden = model.init_hidden(inputs.shape[0])
     for start in range(0, inputs.shape[1], window):
-        x = inputs[:, start : start + window].to(device)  # (B, T)
-        y = targets[:, start : start + window].to(device)  # (B, T)
+        x = window_tensor(inputs, start, window).to(device)  # (B, T)
+        y = window_tensor(targets, start, window).to(device)  # (B, T)
         with autocast(device, bf16):
             logits, hidden = model(x, hidden)
         total += F.cross_entropy(
