@@ -296,6 +296,40 @@ def bench_scale(corpus: Path, megabytes: int, env: dict) -> dict:
         "cached_open_seconds": again,
         "train_peak_rss_mb": peak / 1024,
         "token_dtype": str(arrays.train.dtype),
+        **bench_eval_scale(corpus, big, 200, env),
+    }
+
+
+EVAL_PROBE = """
+import re, sys, time, chargen
+model = chargen.load(sys.argv[1])
+started = time.perf_counter()
+score, _ = model.score_file(sys.argv[2])
+seconds = time.perf_counter() - started
+peak = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+print(seconds, peak / 1024, score.tokens)
+"""
+
+
+def bench_eval_scale(corpus: Path, source: Path, megabytes: int, env: dict) -> dict:
+    """``chargen eval``'s path (``Model.score_file``) on the first ``megabytes`` of ``source``
+    with a small model (hidden 64, trained on ``corpus``): peak memory (its own, from /proc)
+    and speed."""
+    scratch = Path(env["CHARGEN_CHECKPOINTS"])
+    text = scratch / "eval.txt"
+    with open(source, "rb") as src, open(text, "wb") as out:
+        out.write(src.read(megabytes * 1_000_000))
+    small = ["--hidden", "64", "--embedding", "16", "--time", "10s", "--quiet", "--force"]
+    chargen("train", str(corpus), "--name", "small", *small, env=env)
+    probe = subprocess.run(
+        [sys.executable, "-c", EVAL_PROBE, str(scratch / "small"), str(text)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    seconds, peak, _ = probe.stdout.split()
+    return {
+        "eval_mb": text.stat().st_size / 1e6,
+        "eval_mb_per_sec": text.stat().st_size / 1e6 / float(seconds),
+        "eval_peak_rss_mb": float(peak),
     }
 
 
@@ -314,6 +348,8 @@ TARGETS = {
     ("tokenize", "word_mb_per_sec"): (">=", 10),
     ("scale", "tokenize_mb_per_sec"): (">=", 50),
     ("scale", "train_peak_rss_mb"): ("<=", 2048),
+    ("scale", "eval_peak_rss_mb"): ("<=", 1024),
+    ("scale", "eval_mb_per_sec"): (">=", 5),
 }
 GROUPS = ("quality", "throughput", "sampling", "startup", "tokenize", "scale")
 DEFAULT_GROUPS = GROUPS[:-1]  # scale writes a 1 GB corpus and 2 GB of tokens: ask for it

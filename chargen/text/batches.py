@@ -12,6 +12,7 @@ from the state a sampler starts it from, and no piece's state leaks into the nex
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -29,6 +30,17 @@ there."""
 CHUNK = 1 << 22
 """Tokens looked at in one go by the passes over a whole token array, so that a memory-mapped
 array of any size is never copied whole."""
+
+
+def forget(ids: np.ndarray) -> None:
+    """Let the kernel drop the pages a memory-mapped array (or a view of one) has read so far:
+    they are read again from the file's cache if needed, and the process's resident memory
+    stays flat however long the text. Arrays in memory are left alone."""
+    base = ids
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def piece_starts(tokenizer, ids: np.ndarray) -> np.ndarray | None:
@@ -52,14 +64,18 @@ def piece_starts(tokenizer, ids: np.ndarray) -> np.ndarray | None:
         blank = is_newline[1:] & is_newline[:-1]
         blank &= np.append(~is_newline[2:], first + CHUNK + 2 >= len(ids))
         found.append(np.flatnonzero(blank[:CHUNK]) + first + 1)
+        forget(ids)
     return np.concatenate(found).astype(np.int64)
 
 
 def covered_chars(tokenizer, ids: np.ndarray) -> int:
     """Characters that the predictions of ``ids`` cover: those of every token but the first (an
     ``<unk>`` stands for text of unknown length and counts as one)."""
-    lengths = tokenizer.piece_lengths
-    return sum(int(lengths[ids[i : i + CHUNK]].sum()) for i in range(1, len(ids), CHUNK))
+    lengths, chars = tokenizer.piece_lengths, 0
+    for first in range(1, len(ids), CHUNK):
+        chars += int(lengths[ids[first : first + CHUNK]].sum())
+        forget(ids)
+    return chars
 
 
 def _pieces(starts: np.ndarray, predictions: int) -> tuple[np.ndarray, np.ndarray]:

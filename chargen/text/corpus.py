@@ -271,14 +271,27 @@ def encode_to_file(
     dtype = _dtype(tokenizer.vocab_size)
     count, unknown = 0, 0
     with open(path, "wb") as out:
-        for piece in _line_aligned(iter_text(sources, progress)):
-            ids = tokenizer.encode(piece)
-            unknown += int(np.count_nonzero(ids == 0))
-            out.write(ids.astype(dtype).tobytes())
-            count += len(ids)
+        for chunk in _line_aligned(iter_text(sources, progress)):
+            for piece in _pieces_of(chunk):
+                ids = tokenizer.encode(piece)
+                unknown += int(np.count_nonzero(ids == 0))
+                out.write(ids.astype(dtype).tobytes())
+                count += len(ids)
     if count == 0:
         return np.zeros(0, dtype=dtype), 0
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,)), unknown
+
+
+def _pieces_of(text: str, size: int = 1 << 20) -> Iterator[str]:
+    """``text`` (which ends at a line break) in pieces of about ``size`` characters, each ending
+    at a line break: encoding a piece takes memory in proportion to it (the char level makes a
+    4-byte and an 8-byte copy of every character)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
 
 
 def _cut_at_boundary(sources, cut: int, boundary: str, chars: int) -> int:

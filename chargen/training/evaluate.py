@@ -17,10 +17,13 @@ import torch.nn.functional as F
 from chargen.metrics import Score
 from chargen.model.device import autocast
 from chargen.model.rnn import RNNLanguageModel
-from chargen.text.batches import IGNORE, Stream, eval_layout, window_tensor
+from chargen.text.batches import IGNORE, Stream, eval_layout, forget, window_tensor
 from chargen.training.distributed import SINGLE, World, sum_all
 from chargen.training.workers import SINGLE as CALLING_THREAD
 from chargen.training.workers import Workers
+
+FORGET_EVERY = 64
+"""Windows between two ``forget``s of the pages read: a few MB of ids at most stay resident."""
 
 
 def evaluate(
@@ -70,9 +73,11 @@ def _score_streams(
     inputs, targets = inputs[rows], targets[rows]
     total, count = 0.0, 0
     hidden = model.init_hidden(inputs.shape[0])
-    for start in range(0, inputs.shape[1], window):
+    for number, start in enumerate(range(0, inputs.shape[1], window)):
         x = window_tensor(inputs, start, window).to(device)  # (B, T)
         y = window_tensor(targets, start, window).to(device)  # (B, T)
+        if number % FORGET_EVERY == FORGET_EVERY - 1:
+            forget(inputs)  # a memory-mapped text of any size: resident memory stays flat
         with autocast(device, bf16):
             logits, hidden = model(x, hidden)
         total += F.cross_entropy(
