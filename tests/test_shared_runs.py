@@ -508,3 +508,51 @@ def test_any_damage_to_a_weights_file_gives_success_or_one_line(bard, cut, flip)
         succeeded_or_refused(run("sample", "bard", "--length", "3"))
     finally:
         path.write_bytes(original)
+
+
+@SLOW_OK
+@given(data=st.data())
+def test_any_change_to_tokenizer_json_gives_success_or_one_line(bard, data):
+    path = bard / "tokenizer.json"
+    original = path.read_text()
+    tokenizer = json.loads(original)
+    vocab = tokenizer["model"]["vocab"]
+    where = data.draw(st.sampled_from(["piece", "id", "model", "top"]))
+    if where == "piece":
+        vocab[data.draw(st.text(max_size=3))] = data.draw(st.integers(-3, len(vocab) + 3))
+    elif where == "id":
+        vocab[data.draw(st.sampled_from(sorted(vocab)))] = data.draw(JSON_VALUES)
+    elif where == "model":
+        tokenizer["model"] = data.draw(JSON_VALUES)
+    else:
+        tokenizer = data.draw(JSON_VALUES)
+    path.write_text(json.dumps(tokenizer))
+    try:
+        succeeded_or_refused(run("sample", "bard", "--length", "3"))
+    finally:
+        path.write_text(original)
+
+
+@SLOW_OK
+@given(
+    name=st.sampled_from(["train.bin", "val.bin", "meta.json"]),
+    cut=st.integers(0, 64),
+    flip=st.integers(0, 10_000),
+)
+def test_any_damage_to_a_cache_entry_is_rebuilt_or_refused_in_one_line(
+    corpus, tmp_path, name, cut, flip
+):
+    cache = Path(os.environ["CHARGEN_CACHE"])
+    if not cache.exists():
+        train(corpus, "first")
+    path = entry_of(cache) / name
+    original = path.read_bytes()
+    damaged = bytearray(original[: len(original) - cut])
+    if damaged:
+        damaged[flip % len(damaged)] ^= 0x5A
+    path.write_bytes(bytes(damaged))
+    result = run("train", corpus, "--name", "again", "--force", *TINY)
+    succeeded_or_refused(result)
+    if bytes(damaged) != original:
+        assert result.exit_code == 0 and "rebuilt it" in result.stderr
+    assert path.read_bytes() == original  # the entry is whole again
