@@ -27,7 +27,7 @@ from chargen.generation.text import Sample
 from chargen.metrics import Score
 from chargen.model.device import pick_device
 from chargen.model.rnn import RNNLanguageModel
-from chargen.music.check import TuneCheck, check_tune
+from chargen.music.check import TuneCheck, check_tune, music21_available
 from chargen.music.tunes import (
     TUNE_CAP,
     TUNE_TEMPERATURE,
@@ -236,8 +236,20 @@ class Model:
         ``length`` tokens. ``meter`` and ``key`` (or header lines in ``prime``, and music after
         them) are imposed on every tune. ``valid_only`` resamples tunes that fail the check;
         with it or ``check``, each tune carries its ``TuneCheck``."""
-        request = _TuneRequest(num, meter, key, prime, temperature, top_k, top_p, seed, length,
-                               valid_only, check, should_stop)  # fmt: skip
+        request = _TuneRequest(
+            num,
+            meter,
+            key,
+            prime,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            length,
+            valid_only,
+            check,
+            should_stop,
+        )
         return list(self.iter_tunes(request=request))
 
     def iter_tunes(self, num: int = 1, *, request: _TuneRequest | None = None, **options: Any):
@@ -257,6 +269,11 @@ class Model:
             yield from request.batch(self, first, min(BATCH, request.num - first))
             if request.should_stop():
                 return
+
+
+def is_valid(tune: Tune) -> bool:
+    """Whether a tune passes ``abc check`` (with music21's parse where it is installed)."""
+    return check_tune(tune.text, parse=music21_available()).valid
 
 
 @dataclass
@@ -283,15 +300,25 @@ class _TuneRequest:
     def batch(self, model: Model, first: int, num: int) -> list[Tune]:
         """Tunes number ``first`` to ``first + num - 1`` (from 0) of the request."""
         config = SampleConfig(self.length, self.temperature, self.top_k, self.top_p, num, self.seed)
-        args = (model.module, model.tokenizer, config)
-        rest = (self.fields, self.music, model.device)
+
+        def generate(config: SampleConfig, first: int) -> list[Tune]:
+            return generate_tunes(
+                model.module,
+                model.tokenizer,
+                config,
+                self.fields,
+                self.music,
+                model.device,
+                self.should_stop,
+                first,
+            )
+
         if self.valid_only:
-            is_valid = lambda tune: check_tune(tune.text).valid  # noqa: E731
             tunes = generate_valid_tunes(
-                *args, is_valid, *rest, should_stop=self.should_stop, first=first
+                generate, config, is_valid, should_stop=self.should_stop, first=first
             )
         else:
-            tunes = generate_tunes(*args, *rest, self.should_stop, first)
+            tunes = generate(config, first)
         tunes = numbered(tunes, first + 1)
         if self.valid_only or self.check:
             tunes = [
@@ -374,8 +401,15 @@ def train(
     ``on_step(trainer)`` and ``on_eval(trainer, score)`` report progress; ``should_stop()`` is
     asked between steps and ends the run with a resumable checkpoint.
     """
-    training = start(corpus, name, resume=resume, force=force, checkpoint_dir=checkpoint_dir,
-                     progress=progress, **options)  # fmt: skip
+    training = start(
+        corpus,
+        name,
+        resume=resume,
+        force=force,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        **options,
+    )
     return training.run_loop(on_step, on_eval, should_stop)
 
 

@@ -33,14 +33,15 @@ class Score:
         """exp(nats per token), capped where it would overflow a float."""
         return math.exp(min(self.nats_per_token, 700.0)) if self.tokens else math.nan
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {
+    def as_dict(self) -> dict[str, float | int | None]:
+        """The figures for JSON: None where there is none (nothing was predicted)."""
+        figures = {
             "nats_per_token": self.nats_per_token,
             "bits_per_char": self.bits_per_char,
             "perplexity": self.perplexity,
-            "tokens": self.tokens,
-            "chars": self.chars,
         }
+        finite = {k: v if math.isfinite(v) else None for k, v in figures.items()}
+        return finite | {"tokens": self.tokens, "chars": self.chars}
 
     @staticmethod
     def sum(scores: Iterable[Score]) -> Score:

@@ -153,11 +153,15 @@ DYNAMIC = {
 }
 
 
+REGISTRARS = {"command", "get", "post", "middleware", "exception_handler"}
+
+
 def registered(node: ast.AST) -> bool:
-    """A function a decorator registers (``@group.command``): click calls it, not our code."""
+    """A function a decorator registers (``@group.command(...)``, ``@app.get(...)``): click or
+    the web framework calls it, not our code."""
     decorators = getattr(node, "decorator_list", [])
     return any(
-        isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
+        isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr in REGISTRARS
         for d in decorators
     )
 

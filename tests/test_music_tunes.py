@@ -77,7 +77,11 @@ def test_invalid_tunes_are_resampled(tiny):
         return True
 
     config = SampleConfig(num=4, length=600, seed=4)
-    tunes = generate_valid_tunes(model, tokenizer, config, is_valid)
+
+    def generate(config, first):
+        return generate_tunes(model, tokenizer, config, first=first)
+
+    tunes = generate_valid_tunes(generate, config, is_valid)
     assert len(tunes) == 4 and sum(t.attempts - 1 for t in tunes) == 3
     assert not any(t.text is r.text for t in tunes for r in rejected)
 

@@ -15,6 +15,7 @@ from chargen.cli.checkpoints import checkpoints
 from chargen.cli.music import abc_group, corpus
 from chargen.cli.sample import sample
 from chargen.cli.scoring import eval_, identify, score
+from chargen.cli.serve import serve
 from chargen.cli.train import train
 
 
@@ -41,5 +42,5 @@ def cli(ctx: click.Context, checkpoint_dir: str | None):
     ctx.obj["checkpoint_dir"] = checkpoint_dir
 
 
-for command in (train, sample, eval_, score, identify, checkpoints, corpus, abc_group):
+for command in (train, sample, eval_, score, identify, serve, checkpoints, corpus, abc_group):
     cli.add_command(command)

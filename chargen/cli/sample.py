@@ -127,8 +127,9 @@ def sample(ctx, run, beam, midi, wav, svg, meter, key, valid_only, **options):
     stream = config.num == 1 and not as_json and output is None
     with stop_on_interrupt() as should_stop:
         if beam is not None:
-            found = model.beam(config.prime, config.length, beam, stop=config.stop,
-                               should_stop=should_stop)  # fmt: skip
+            found = model.beam(
+                config.prime, config.length, beam, stop=config.stop, should_stop=should_stop
+            )
             samples = iter([found])
         else:
             on_text = _write_piece if stream else None
@@ -151,8 +152,11 @@ def _rendered(samples, as_json: bool) -> Iterator[str]:
     """Each sample as the text to write: a JSON line, or its text (a blank line between)."""
     for i, sample in enumerate(samples):
         if as_json:
-            record = {"text": sample.text, "tokens": sample.tokens,
-                      "mean_logprob": sample.mean_logprob}  # fmt: skip
+            record = {
+                "text": sample.text,
+                "tokens": sample.tokens,
+                "mean_logprob": sample.mean_logprob,
+            }
             yield json_line(record) + "\n"
         else:
             yield ("\n" if i else "") + sample.text + "\n"

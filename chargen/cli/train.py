@@ -290,9 +290,13 @@ def _run_with_progress(session, log: bool):
     started, tokens_before = time.perf_counter(), trainer.state.tokens_seen
     progress = training_progress(enabled=log and console.is_terminal)
     task = progress.add_task(
-        session.run.name if session.run else "", total=1000, step=trainer.state.step,
-        loss="-", val="-", speed="-",
-    )  # fmt: skip
+        session.run.name if session.run else "",
+        total=1000,
+        step=trainer.state.step,
+        loss="-",
+        val="-",
+        speed="-",
+    )
 
     def on_step(t):
         if t.state.step % 10 == 0:

@@ -185,7 +185,7 @@ class Engine:
             self._rows = _Rows(self.sequences, self.logits.device)
         logits = self.logits  # <unk> is already minus infinity (the stepper's ``never``)
         logprobs = torch.log_softmax(logits, dim=-1)  # the model's own, before any rule
-        for row in self._rows.controlled:
+        for row in self._rows.masking:
             allowed = self.sequences[row].control.allowed()
             if allowed is not None:
                 logits[row].masked_fill_(~allowed.to(logits.device), -math.inf)
@@ -223,7 +223,7 @@ class Engine:
             control = sequences[row].control
             if control is None:
                 continue
-            override = control.override(tokens[row])
+            override = control.override(tokens[row]) if _defines(control, "override") else None
             if override is not None:
                 tokens[row] = override
                 forced.append(row)
@@ -279,6 +279,15 @@ class _Rows:
     def __init__(self, sequences: list[Sequence], device: torch.device):
         self.settings = Settings.of([s.config for s in sequences], device)
         self.controlled = [row for row, s in enumerate(sequences) if s.control is not None]
+        self.masking = [
+            row for row in self.controlled if _defines(sequences[row].control, "allowed")
+        ]
+
+
+def _defines(control: Control, method: str) -> bool:
+    """Whether ``control`` has a rule of its own for ``method`` (the base class has none):
+    rows without one cost no call per step."""
+    return getattr(type(control), method) is not getattr(Control, method)
 
 
 class _RowState:

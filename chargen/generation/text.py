@@ -8,7 +8,7 @@ Nothing here prints.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -30,29 +30,31 @@ class Sample:
 
 
 class StopScanner:
-    """Passes text through until ``stop`` appears; holds back what could be the start of it.
+    """Passes text through until a stop text appears; holds back what could be the start of one.
 
-    ``feed`` returns the text that is now safe to show; after the stop text is seen, ``done`` is
-    true and nothing more passes. The stop text itself is not part of the output.
+    ``stop`` is one text or several (the first to appear ends the text). ``feed`` returns the
+    text that is now safe to show; after a stop text is seen, ``done`` is true and nothing more
+    passes. The stop text itself is not part of the output.
     """
 
-    def __init__(self, stop: str | None):
-        self.stop = stop or None
+    def __init__(self, stop: str | Iterable[str] | None):
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        self.stops = [s for s in stops if s]
         self.pending = ""
         self.done = False
 
     def feed(self, piece: str) -> str:
         if self.done:
             return ""
-        if self.stop is None:
+        if not self.stops:
             return piece
         self.pending += piece
-        at = self.pending.find(self.stop)
-        if at >= 0:
+        found = [at for at in (self.pending.find(s) for s in self.stops) if at >= 0]
+        if found:
             self.done = True
-            out, self.pending = self.pending[:at], ""
+            out, self.pending = self.pending[: min(found)], ""
             return out
-        keep = len(self.stop) - 1
+        keep = max(len(s) for s in self.stops) - 1
         cut = len(self.pending) - keep
         out, self.pending = self.pending[:cut] if cut > 0 else "", self.pending[max(cut, 0) :]
         return out
@@ -66,7 +68,9 @@ class TextControl(Control):
     """Decodes a sample's tokens as they come: text passes to ``on_text`` as it becomes final,
     and the sample is complete when its stop text appears."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: str | None, on_text: Callable[[str], None]):
+    def __init__(
+        self, tokenizer: Tokenizer, stop: str | Iterable[str] | None, on_text: Callable[[str], None]
+    ):
         self.pieces = tokenizer.pieces
         self.scanner = StopScanner(stop)
         self.on_text = on_text

@@ -143,6 +143,15 @@ def check_tune(tune: str, number: int = 1, parse: bool = True, timeout: float = 
     return check
 
 
+def music21_available() -> bool:
+    """Whether music21 can be imported here (for the parse and MIDI)."""
+    try:
+        import music21  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def summarize(checks: list[TuneCheck]) -> dict:
     valid = sum(c.valid for c in checks)
     return {

@@ -204,29 +204,48 @@ def generate_tunes(
     ``music`` is where the music after the K: line starts. A tune ends when the model writes a
     blank line; one still going at the cap is returned with ``ended`` false.
     """
+    sequences = tune_sequences(tokenizer, config, fields, music, first)
+    engine = Engine(model, device)
+    engine.add(sequences)
+    engine.run(should_stop)
+    return [sequence.control.tune(sequence) for sequence in sequences]
+
+
+def tune_sequences(
+    tokenizer: Tokenizer,
+    config: SampleConfig,
+    fields: dict[str, str] | None = None,
+    music: str = "",
+    first: int = 0,
+) -> list[Sequence]:
+    """The engine sequences of ``config.num`` tunes (numbers ``first`` onwards of a request),
+    each with its ``TuneControl``; once done, ``sequence.control.tune(sequence)`` is its tune.
+    For callers that run the engine themselves (a server's continuous batching)."""
     config.validate()
     fields = dict(fields or {})
     check_fields(tokenizer, fields, music)
     prompt = prime_ids(tokenizer, TUNE_START)
-    controls = [TuneControl(tokenizer, fields, music) for _ in range(config.num)]
-    sequences = [
-        Sequence(prompt, config.length, config, sequence_key(config.seed, first + i), control)
-        for i, control in enumerate(controls)
+    return [
+        Sequence(
+            prompt,
+            config.length,
+            config,
+            sequence_key(config.seed, first + i),
+            TuneControl(tokenizer, fields, music),
+        )
+        for i in range(config.num)
     ]
-    engine = Engine(model, device)
-    engine.add(sequences)
-    engine.run(should_stop)
-    return [control.tune(sequence) for control, sequence in zip(controls, sequences, strict=True)]
+
+
+Generate = Callable[[SampleConfig, int], list[Tune]]
+"""Makes ``config.num`` tunes, numbers ``first`` onwards of a request: ``generate_tunes`` with
+a model and headers bound, or a server's batched equivalent."""
 
 
 def generate_valid_tunes(
-    model: RNNLanguageModel,
-    tokenizer: Tokenizer,
+    generate: Generate,
     config: SampleConfig,
     is_valid: Callable[[Tune], bool],
-    fields: dict[str, str] | None = None,
-    music: str = "",
-    device: torch.device | str = "cpu",
     max_rounds: int = 10,
     should_stop: Callable[[], bool] = lambda: False,
     first: int = 0,
@@ -243,8 +262,7 @@ def generate_valid_tunes(
     failing = list(range(config.num))
     for round_number in range(max_rounds):
         seed = None if config.seed is None else config.seed + round_number
-        batch = replace(config, num=len(failing), seed=seed)
-        fresh = generate_tunes(model, tokenizer, batch, fields, music, device, should_stop, first)
+        fresh = generate(replace(config, num=len(failing), seed=seed), first)
         still = []
         for index, tune in zip(failing, fresh, strict=True):
             attempts[index] += 1
