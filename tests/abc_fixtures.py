@@ -4,8 +4,8 @@ and a tiny ABC model trained on them."""
 from pathlib import Path
 
 JIG = """X:1
-T:The Lamplighter's Jig
 R:jig
+T:The Lamplighter's Jig
 M:6/8
 L:1/8
 K:D
@@ -14,8 +14,9 @@ A|dfa afd|gbg fed|cde fga|1 d3 d2:|2 d3 d2||
 # pickup A; first and second endings; a part with its own pickup after |:
 
 REEL = """X:2
-T:Harbour Wall Reel
+O:irish
 R:reel
+T:Harbour Wall Reel
 M:4/4
 L:1/8
 K:G

@@ -75,7 +75,7 @@ def test_clean_tune_keeps_musical_headers_in_order_and_drops_noise():
     cleaned = clean_tune(raw, number=5)
     assert cleaned.reason is None
     assert cleaned.tune == (
-        'X:5\nT:Quay Steps\nR:hornpipe\nM:4/4\nL:1/8\nK:G\nGABc "D7"d2 B2| c2 A2\nG4 B4|]'
+        'X:5\nR:hornpipe\nT:Quay Steps\nM:4/4\nL:1/8\nK:G\nGABc "D7"d2 B2| c2 A2\nG4 B4|]'
     )
 
 

@@ -112,3 +112,17 @@ def test_ascii_fast_path_of_the_word_level_matches_the_hugging_face_tokenizer(tr
     saved = HFTokenizer.from_str(tokenizer.to_json())  # the file a run keeps, as HF reads it
     expected = saved.encode(text, add_special_tokens=False).ids if text else []
     assert tokenizer.encode(text).tolist() == expected
+
+
+def test_abc_header_values_are_one_token_and_older_abc_runs_keep_their_cuts():
+    from chargen.text.tokenizer import ABC_PATTERN_0_1
+
+    text = "X:1\nO:irish\nR:slip jig\nT:A\nM:9/8\nL:1/8\nK:Ador\nA2B|]\n"
+    tokenizer = tokenizer_for(text, "abc")
+    pieces = [tokenizer.pieces[i] for i in tokenizer.encode(text)]
+    assert pieces[3:8] == ["O:", "irish", "\n", "R:", "slip jig"]
+    saved = json.loads(tokenizer.to_json())
+    saved["pre_tokenizer"]["pattern"]["Regex"] = ABC_PATTERN_0_1  # a run made by chargen 0.1
+    older = Tokenizer.from_json(json.dumps(saved), "abc")
+    assert older.pattern == ABC_PATTERN_0_1
+    assert len(tokenizer.encode("R:slip jig\n")) == 3 < len(older.encode("R:slip jig\n"))

@@ -6,8 +6,9 @@ Generated text goes to stdout elsewhere; everything drawn here goes to stderr so
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import (
@@ -87,6 +88,26 @@ class ReadingProgress:
 
     def close(self) -> None:
         self.progress.stop()
+
+
+@contextlib.contextmanager
+def counting_progress(
+    description: str, total: int, unit: str, enabled: bool = True
+) -> Iterator[Callable[[int], None]]:
+    """A bar of ``total`` items (files, tunes) while the block runs; the block gets a function
+    to call with the number done. Transient: it leaves no line behind."""
+    progress = Progress(
+        TextColumn(f"{description:<14}"),
+        BarColumn(),
+        TextColumn(f"{{task.completed}}/{{task.total}} {unit}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not (enabled and console.is_terminal),
+    )
+    task = progress.add_task(description, total=total)
+    with progress:
+        yield lambda done: progress.update(task, completed=done)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:

@@ -10,17 +10,60 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from chargen.errors import CorpusError, MusicError
 from chargen.files import read_text
 from chargen.music.bars import bar_problems, bars
-from chargen.music.notation import TUNE_END, clean_tune, music_key, renumber, split_tunes
+from chargen.music.notation import (
+    TUNE_END,
+    clean_tune,
+    headers,
+    music_key,
+    renumber,
+    split_tunes,
+)
 
 FOLK_COLLECTIONS = ("ryansMammoth", "oneills1850", "essenFolksong", "airdsAirs", "miscFolk")
 """The folk tune collections in ABC that music21 ships in its corpus folder."""
+
+STYLES = ("irish", "scottish", "english", "american", "german", "chinese")
+"""The traditions of music21's collections, written as a cleaned tune's O: field."""
+
+_FILE_STYLES = (  # (start of a file's path in music21's corpus, its style), first match wins
+    ("oneills1850/", "irish"),  # O'Neill's Music of Ireland
+    ("airdsAirs/", "scottish"),  # Aird's Selection of Scotch, English, Irish and Foreign Airs
+    ("ryansMammoth/", "american"),  # Ryan's Mammoth Collection, Boston 1883
+    ("miscFolk/americanfife", "american"),
+    ("miscFolk/northumbrian", "english"),
+    ("essenFolksong/han", "chinese"),  # the Essen collection's Han Chinese songs
+    ("essenFolksong/irl", "irish"),
+    ("essenFolksong/", "german"),  # the rest of Essen: German, Lorraine, Luxembourg songs
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """An ABC file and what its tunes are: their tradition and, where the whole file is one
+    kind (Essen's songs), their rhythm."""
+
+    path: Path
+    style: str | None = None
+    rhythm: str | None = None
+
+
+def collection_sources(names: Iterable[str] = FOLK_COLLECTIONS) -> list[Source]:
+    """The files of music21's collections ``names``, each with its style."""
+    root = music21_corpus_dir()
+    sources = []
+    for path in collection_files(names):
+        relative = path.relative_to(root).as_posix()
+        style = next((s for start, s in _FILE_STYLES if relative.startswith(start)), None)
+        rhythm = "song" if relative.startswith("essenFolksong/") else None
+        sources.append(Source(path, style, rhythm))
+    return sources
 
 
 def music21_corpus_dir() -> Path:
@@ -71,6 +114,8 @@ class CorpusReport:
     duplicates: int
     irregular: int  # dropped because their bars disagree with the meter
     dropped: Counter = field(default_factory=Counter)  # other reasons a tune was dropped
+    rhythms: Counter = field(default_factory=Counter)  # tunes written, by R: ("" for none)
+    styles: Counter = field(default_factory=Counter)  # tunes written, by O: ("" for none)
 
     def as_dict(self) -> dict:
         return {
@@ -80,43 +125,62 @@ class CorpusReport:
             "duplicates": self.duplicates,
             "irregular": self.irregular,
             "dropped": dict(self.dropped),
+            "rhythms": dict(self.rhythms.most_common()),
+            "styles": dict(self.styles.most_common()),
             "chars": len(self.text),
         }
 
 
 def build_corpus(
-    files: Iterable[Path], seed: int = 0, keep_irregular: bool = False
+    sources: Iterable[Source | Path],
+    seed: int = 0,
+    keep_irregular: bool = False,
+    on_file: Callable[[int], None] = lambda done: None,
 ) -> CorpusReport:
-    """One training corpus from ABC ``files``: cleaned tunes, duplicates removed, shuffled.
+    """One training corpus from ABC files (``Source``s, or paths of tunes with no style):
+    cleaned tunes, duplicates removed, shuffled. ``on_file`` is told how many files are done.
 
     The order is a shuffle with ``seed`` of the tunes in file order, so the same files give the
     same corpus, and a validation split taken from the end holds tunes from every collection.
     Unless ``keep_irregular``, tunes whose bars disagree with their meter are dropped (real
     transcriptions have such slips; a model should not learn them).
     """
-    files = list(files)
+    sources = [s if isinstance(s, Source) else Source(Path(s)) for s in sources]
     kept: list[str] = []
     seen: set[str] = set()
-    report = CorpusReport("", len(files), 0, 0, 0, 0)
-    for path in files:
-        for raw in split_tunes(read_text(path, legacy=True)):
+    report = CorpusReport("", len(sources), 0, 0, 0, 0)
+    for done, source in enumerate(sources, 1):
+        for raw in split_tunes(read_text(source.path, legacy=True)):
             report.tunes_read += 1
-            cleaned = clean_tune(raw)
-            if cleaned.tune is None:
-                report.dropped[cleaned.reason] += 1
-                continue
-            key = music_key(cleaned.tune)
-            if key in seen:
-                report.duplicates += 1
-                continue
-            seen.add(key)
-            if not keep_irregular and bar_problems(bars(cleaned.tune)):
-                report.irregular += 1
-                continue
-            kept.append(cleaned.tune)
+            tune = _usable(raw, source, seen, report, keep_irregular)
+            if tune is not None:
+                kept.append(tune)
+                fields = headers(tune)
+                report.rhythms[fields.get("R", "")] += 1
+                report.styles[fields.get("O", "")] += 1
+        on_file(done)
     if not kept:
         raise CorpusError("no usable tunes in the given files")
     random.Random(seed).shuffle(kept)
     report.written = len(kept)
     report.text = TUNE_END.join(renumber(t, i + 1) for i, t in enumerate(kept)) + "\n"
     return report
+
+
+def _usable(
+    raw: str, source: Source, seen: set[str], report: CorpusReport, keep_irregular: bool
+) -> str | None:
+    """The cleaned tune, or None (counted in ``report``) where it is dropped or seen before."""
+    cleaned = clean_tune(raw, origin=source.style, rhythm=source.rhythm)
+    if cleaned.tune is None:
+        report.dropped[cleaned.reason] += 1
+        return None
+    key = music_key(cleaned.tune)
+    if key in seen:
+        report.duplicates += 1
+        return None
+    seen.add(key)
+    if not keep_irregular and bar_problems(bars(cleaned.tune)):
+        report.irregular += 1
+        return None
+    return cleaned.tune

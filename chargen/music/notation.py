@@ -24,8 +24,9 @@ from chargen.text.tokenizer import PIECE_END
 TUNE_END = PIECE_END
 """A tune ends at a blank line: the corpus separates tunes with one, so the model learns it."""
 
-HEADER_ORDER = "XTRMLK"
-"""The headers a cleaned tune keeps, in this order (ABC wants X first and K last)."""
+HEADER_ORDER = "XORTMLK"
+"""The headers a cleaned tune keeps, in this order: X first and K last, as ABC wants; the origin
+(O:) and rhythm (R:) before the title, so that a model writes a title that suits them."""
 
 REQUIRED_HEADERS = "XTMK"
 """Headers a tune must have to pass the check; L has a default that follows from M."""
@@ -140,15 +141,43 @@ class Cleaned:
     reason: str | None = None
 
 
-def clean_tune(raw: str, number: int = 1) -> Cleaned:
+RHYTHMS = {
+    "reel": ("reel",),
+    "jig": ("jig", "double jig", "single jig"),
+    "slip jig": ("slip jig", "slipjig", "hop jig"),
+    "hornpipe": ("hornpipe", "clog"),
+    "strathspey": ("strathspey", "highland fling", "fling"),
+    "air": ("air", "slow air"),
+    "song": ("song", "lied", "ballad", "ballade"),
+}
+"""The rhythms a cleaned tune's R: names, and spellings the collections use for each: they
+write ``reel``, ``Reel``, ``double jig``, ``Liebes - Lied`` and some hundreds more. These are the
+rhythms music21's collections have at least twenty tunes of (counts in docs/music.md); they have
+three waltzes, two slides, one march, and no polka or mazurka."""
+
+
+def rhythm_of(value: str) -> str | None:
+    """The rhythm an R: value names (a key of ``RHYTHMS``), or None where it names none."""
+    squeezed = " ".join(re.sub(r"[-\]\[]", " ", value.lower()).split())
+    for rhythm, spellings in RHYTHMS.items():
+        if squeezed in spellings:
+            return rhythm
+    return None
+
+
+def clean_tune(
+    raw: str, number: int = 1, origin: str | None = None, rhythm: str | None = None
+) -> Cleaned:
     """The training form of one tune, or a reason to drop it.
 
-    Keeps X (set to ``number``), the first T, R, M, L and K, in that order; adds L where missing
-    (its default follows from M). In the music: drops comments, ``%%`` directives and every field
-    line except a change of M, L or K; drops quoted text other than chord symbols (fingerings,
-    tempo words, annotations) and stray ``!``; joins ``\\`` continuations; squeezes runs of
-    spaces; removes blank lines. Drops tunes with several voices (V:), without M: or K:, or
-    without music.
+    Keeps X (set to ``number``), O (set to ``origin``, the tradition of the tune's collection;
+    none without one), R (``rhythm`` where given, else the one of ``RHYTHMS`` the tune's R:
+    names, else none), the first T, M, L and K, in the order of ``HEADER_ORDER``; adds L where
+    missing (its default follows from M). In the music: drops comments, ``%%`` directives and
+    every field line except a change of M, L or K; drops quoted text other than chord symbols
+    (fingerings, tempo words, annotations) and stray ``!``; joins ``\\`` continuations;
+    squeezes runs of spaces; removes blank lines. Drops tunes with several voices (V:),
+    without M: or K:, or without music.
     """
     lines = _join_continuations([_strip_comment(line) for line in raw.split("\n")])
     head, music = split_header("\n".join(lines))
@@ -158,6 +187,13 @@ def clean_tune(raw: str, number: int = 1) -> Cleaned:
     except _Dropped as exc:
         return Cleaned(None, str(exc))
     fields["X"] = str(number)
+    fields.pop("O", None)
+    if origin:
+        fields["O"] = origin
+    rhythm = rhythm or rhythm_of(fields.pop("R", ""))
+    fields.pop("R", None)
+    if rhythm:
+        fields["R"] = rhythm
     return Cleaned(header_lines(fields) + "\n".join(kept))
 
 

@@ -41,7 +41,7 @@ PIECE_END = "\n\n"
 ABC_PATTERN = "|".join(
     [
         r"^[A-Za-z]:(?!\|)",  # a field at the start of a line: X: T: M: K: ... (not "B:|")
-        r"(?<=^[MLK]:)[^\n]+",  # the whole value of M:, L:, K: (6/8, 1/8, Dmix)
+        r"(?<=^[MLKRO]:)[^\n]+",  # the whole value of M:, L:, K:, R:, O: (6/8, Dmix, jig)
         r"\[[A-Za-z]:[^\]\n]*\]",  # inline field: [K:G] [M:3/4]
         r'"[^"\n]*"',  # chord symbol or annotation
         r"![^!\s|]+!",  # decoration: !trill! !fermata!
@@ -56,8 +56,13 @@ ABC_PATTERN = "|".join(
 """Pieces of the ``abc`` level, tried in order at each position.
 
 Every character falls into exactly one piece and no piece spans a newline, so decoding the
-pieces gives the text back exactly.
+pieces gives the text back exactly. A header's value is one piece, so that a sampler can ask
+for a meter, key, rhythm or origin as one token.
 """
+
+ABC_PATTERN_0_1 = ABC_PATTERN.replace("MLKRO", "MLK")
+"""The ``abc`` pattern of chargen 0.1 (R: and O: values cut one character at a time): runs made
+with it keep it."""
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,13 @@ class Level:
     name: str
     pattern: str  # the pre-tokenizer regex; every character falls into exactly one piece
     separate: bool = False  # a corpus is separate pieces (tunes), each ending at ``PIECE_END``
+    older: tuple[str, ...] = ()  # patterns of earlier versions, which their runs keep
 
 
 LEVEL_SPECS = {
     "char": Level("char", r"[\s\S]"),  # [\s\S], not ".": a plain dot skips newlines
     "word": Level("word", r"\w+|[^\w\s]|\s"),
-    "abc": Level("abc", ABC_PATTERN, separate=True),
+    "abc": Level("abc", ABC_PATTERN, separate=True, older=(ABC_PATTERN_0_1,)),
 }
 assert tuple(LEVEL_SPECS) == LEVELS, "config.LEVELS and the registry must list the same levels"
 
@@ -84,12 +90,13 @@ _CHUNK_CHARS = 1 << 16  # corpus pieces handed to encode_batch; big enough to am
 class Tokenizer:
     """A trained tokenizer of one level, wrapping a Hugging Face ``Tokenizer``."""
 
-    def __init__(self, hf: HFTokenizer, level: str):
+    def __init__(self, hf: HFTokenizer, level: str, pattern: str | None = None):
         if level not in LEVELS:
             raise UsageError(f"unknown level {level!r}; choose one of: {', '.join(LEVELS)}")
         self._hf = hf
         self.level = level
         self.spec = LEVEL_SPECS[level]
+        self.pattern = pattern or self.spec.pattern  # how this tokenizer cuts text
         vocab = hf.get_vocab()
         if vocab.get(UNK) != 0:
             raise TokenizerError(
@@ -145,7 +152,8 @@ class Tokenizer:
             raise TokenizerError("model.vocab is not a map from pieces to ids")
         if sorted(vocab.values()) != list(range(len(vocab))):
             raise TokenizerError("model.vocab's ids are not 0, 1, ... with none repeated")
-        return cls(_build_hf(vocab, level), level)
+        pattern = _saved_pattern(json.loads(data), LEVEL_SPECS[level])
+        return cls(_build_hf(vocab, level, pattern), level, pattern)
 
     def to_json(self) -> str:
         return self._hf.to_str(pretty=True)
@@ -203,9 +211,22 @@ class Tokenizer:
         return np.take(self._char_table, codes, mode="clip")
 
 
-def _build_hf(vocab: dict[str, int], level: str) -> HFTokenizer:
+def _saved_pattern(saved: dict, level: Level) -> str:
+    """The pattern a saved tokenizer cuts text with: this level's, or one of its earlier
+    versions; never one the file brings of its own."""
+    try:
+        pattern = saved["pre_tokenizer"]["pattern"]["Regex"]
+    except (KeyError, TypeError):
+        return level.pattern
+    if pattern not in (level.pattern, *level.older):
+        raise TokenizerError(f"its pre-tokenizer is not one of the {level.name} level's")
+    return pattern
+
+
+def _build_hf(vocab: dict[str, int], level: str, pattern: str | None = None) -> HFTokenizer:
     hf = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
-    hf.pre_tokenizer = pre_tokenizers.Split(Regex(LEVEL_SPECS[level].pattern), behavior="isolated")
+    pattern = pattern or LEVEL_SPECS[level].pattern
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     hf.decoder = decoders.Fuse()
     return hf
 
