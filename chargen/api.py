@@ -32,6 +32,7 @@ from chargen.music.tunes import (
     TUNE_CAP,
     TUNE_TEMPERATURE,
     Tune,
+    TuneSpec,
     generate_tunes,
     generate_valid_tunes,
     is_tune_model,
@@ -222,7 +223,12 @@ class Model:
         *,
         meter: str | None = None,
         key: str | None = None,
+        rhythm: str | None = None,
+        style: str | None = None,
+        bars: int | None = None,
+        parts: int | None = None,
         prime: str = "",
+        free: bool = False,
         temperature: float = TUNE_TEMPERATURE,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -233,14 +239,26 @@ class Model:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[Tune]:
         """``num`` complete ABC tunes, numbered from 1, each ended by the model or cut at
-        ``length`` tokens. ``meter`` and ``key`` (or header lines in ``prime``, and music after
-        them) are imposed on every tune. ``valid_only`` resamples tunes that fail the check;
-        with it or ``check``, each tune carries its ``TuneCheck``."""
+        ``length`` tokens.
+
+        Every tune has the ``meter``, ``key``, ``rhythm`` (reel, jig, ...: ``RHYTHMS``) and
+        ``style`` (the tradition: irish, german, ...) asked for, and the header lines and
+        music of ``prime``; ``bars`` and ``parts`` ask for a form (16 bars in 2 parts).
+        A grammar keeps every tune valid as it is written; ``free`` turns it off (and the
+        form with it). ``valid_only`` resamples tunes that fail the check; with it or
+        ``check``, each tune carries its ``TuneCheck``."""
         request = _TuneRequest(
             num,
-            meter,
-            key,
-            prime,
+            tune_request(
+                prime,
+                meter,
+                key,
+                rhythm=rhythm,
+                style=style,
+                bars=bars,
+                parts=parts,
+                free=free,
+            ),
             temperature,
             top_k,
             top_p,
@@ -261,7 +279,7 @@ class Model:
                 f"{self.name} is a text model, not a tune model; train one with --level abc "
                 "on an ABC corpus (chargen corpus folk)"
             )
-        request = request or _TuneRequest(num, **options)
+        request = request or _TuneRequest.of(num, **options)
         return self._tune_batches(request)
 
     def _tune_batches(self, request: _TuneRequest) -> Iterator[Tune]:
@@ -281,9 +299,7 @@ class _TuneRequest:
     """What ``Model.tunes`` was asked for, made one batch at a time."""
 
     num: int
-    meter: str | None = None
-    key: str | None = None
-    prime: str = ""
+    spec: TuneSpec
     temperature: float = TUNE_TEMPERATURE
     top_k: int | None = None
     top_p: float | None = None
@@ -294,8 +310,14 @@ class _TuneRequest:
     should_stop: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
-        self.fields, self.music = tune_request(self.prime, self.meter, self.key)
         SampleConfig(self.length, self.temperature, self.top_k, self.top_p, self.num).validate()
+
+    @classmethod
+    def of(cls, num: int, **options: Any) -> _TuneRequest:
+        """A request from ``Model.tunes``'s keyword arguments."""
+        asked = {name: options.pop(name) for name in _SPEC_OPTIONS if name in options}
+        prime = asked.pop("prime", "")
+        return cls(num, tune_request(prime, **asked), **options)
 
     def batch(self, model: Model, first: int, num: int) -> list[Tune]:
         """Tunes number ``first`` to ``first + num - 1`` (from 0) of the request."""
@@ -306,8 +328,7 @@ class _TuneRequest:
                 model.module,
                 model.tokenizer,
                 config,
-                self.fields,
-                self.music,
+                self.spec,
                 model.device,
                 self.should_stop,
                 first,
@@ -325,6 +346,10 @@ class _TuneRequest:
                 replace(t, check=check_tune(t.text, first + i + 1)) for i, t in enumerate(tunes)
             ]
         return tunes
+
+
+_SPEC_OPTIONS = ("prime", "meter", "key", "rhythm", "style", "bars", "parts", "free")
+"""``Model.tunes``'s options that say what is asked of each tune (``tune_request``'s)."""
 
 
 def load(

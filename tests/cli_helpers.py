@@ -33,3 +33,11 @@ def train(corpus, name="t", *extra):
     result = run("train", corpus, "--name", name, *TINY, *extra)
     assert result.exit_code == 0, result.output
     return result
+
+
+def one_line_error(result, exit_codes=(1, 2)) -> str:
+    """The single ``Error: ...`` line a failed command printed."""
+    assert result.exit_code in exit_codes, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]

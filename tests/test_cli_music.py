@@ -6,8 +6,9 @@ import pytest
 
 from chargen.music import export
 from chargen.music.notation import headers, split_tunes
+from chargen.music.stats import tune_shape
 from tests.abc_fixtures import BROKEN, JIG, REEL, WALTZ, train_tiny_abc
-from tests.cli_helpers import run
+from tests.cli_helpers import one_line_error, run
 from tests.helpers import tokenizer_for
 
 pytest.importorskip("music21")
@@ -116,12 +117,33 @@ def test_sample_from_an_abc_run_gives_complete_numbered_tunes(folk):
     assert "3 tunes: 3 ended on their own before the cap of 1200 tokens" in result.stderr
 
 
-def test_tunes_default_to_their_own_lower_temperature(folk):
+def test_tunes_default_to_their_own_temperature(folk):
     default = run("sample", folk, "--num", "3", "--seed", "4")
-    low = run("sample", folk, "--num", "3", "--seed", "4", "--temperature", "0.5")
+    own = run("sample", folk, "--num", "3", "--seed", "4", "--temperature", "1.0")
     text = run("sample", folk, "--num", "3", "--seed", "4", "--temperature", "0.8")
-    assert default.exit_code == low.exit_code == text.exit_code == 0
-    assert default.stdout == low.stdout != text.stdout
+    assert default.exit_code == own.exit_code == text.exit_code == 0
+    assert default.stdout == own.stdout != text.stdout
+
+
+def test_sample_rhythm_style_and_form_shape_every_tune(folk):
+    args = ["--rhythm", "reel", "--style", "irish", "--bars", "8", "--parts", "2"]
+    result = run("sample", folk, "--num", "3", "--seed", "3", *args, "--json")
+    assert result.exit_code == 0, result.output
+    for record in map(json.loads, result.stdout.splitlines()):
+        if record["ended"]:
+            fields, shape = headers(record["text"]), tune_shape(record["text"])
+            assert (fields["O"], fields["R"], shape.bars, shape.parts) == ("irish", "reel", 8, 2)
+
+
+def test_a_text_model_asked_for_tunes_says_what_it_is(tmp_path):
+    corpus = tmp_path / "verse.txt"
+    corpus.write_text("the sea and the wall and the harbour\n" * 40)
+    trained = run("--checkpoint-dir", tmp_path, "train", corpus, "--name", "verse",
+                  "--max-steps", "2", "--hidden", "8", "--quiet")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    for args in (["--key", "D"], ["--midi", str(tmp_path / "out")], ["--rhythm", "jig"]):
+        result = run("--checkpoint-dir", tmp_path, "sample", "verse", *args)
+        assert "verse is a text model, not a tune model" in one_line_error(result)
 
 
 def test_sample_midi_writes_the_tunes_and_one_midi_file_each(folk, tmp_path):
@@ -162,10 +184,14 @@ def test_valid_only_reports_validity(folk):
     "args, message",
     [
         (["--wav"], "--wav and --svg write next to the MIDI files: give --midi DIR"),
-        (["--beam", "2", "--midi", "x"], "--beam cannot be combined with --midi"),
+        (["--beam", "2", "--midi", "x"], "--beam writes text, not tunes: drop --midi"),
         (["--meter", "6/8", "--prime", "M:3/4\n"], "--meter 6/8 contradicts M:3/4 in --prime"),
         (["--meter", "six-eight"], "cannot read the meter 'six-eight'"),
-        (["--key", "H#"], "the model never saw"),
+        (["--key", "H#"], "cannot read the key 'H#'"),
+        (["--key", "F#m"], "the model never wrote the key 'F#m' in a tune; it knows: "),
+        (["--rhythm", "hornpipe"], "the model never wrote the rhythm 'hornpipe'"),
+        (["--meter", "6/8", "--prime", "K:D\ndfa afd|gb|"], "breaks its bars at dfa afd|gb[|]"),
+        (["--bars", "16", "--free"], "--bars and --parts need the grammar"),
         (["--prime", "|:dAF"], "music in --prime needs a key first"),
         (["--stop", "|]"], "--stop does not apply to tunes"),
     ],

@@ -62,7 +62,7 @@ def checkpoints_list(ctx, as_json):
             r["name"],
             r["level"],
             f"{r['cell']} {r['layers']}x{r['hidden']}",
-            f"{r['parameters']:,}",
+            f"{r['parameters']:,}" if r["parameters"] is not None else "-",
             f"{r['steps']:,}",
             fmt(r["best_val_loss"]),
             fmt(r["best_val_bpc"], 3),

@@ -21,6 +21,10 @@ FOLK_COLLECTIONS = ("ryansMammoth", "oneills1850", "essenFolksong", "airdsAirs",
 """music21's folk collections (``chargen.music.folk`` holds the same names; a test keeps them
 equal, and this copy keeps --help free of the library's imports)."""
 
+RHYTHMS = ("reel", "jig", "slip jig", "hornpipe", "strathspey", "air", "song")
+"""The rhythms a folk corpus's R: says (``chargen.music.notation.RHYTHMS``; a test keeps them
+equal)."""
+
 
 # ---------------------------------------------------------------------------------- corpus
 
@@ -47,6 +51,12 @@ def corpus():
     type=click.Choice(FOLK_COLLECTIONS),
     help="A music21 collection to use (repeat; default: all five). Ignored with SOURCES.",
 )
+@click.option(
+    "--style",
+    metavar="NAME",
+    help="The tradition of the tunes in SOURCES (written as their O: field; e.g. irish), so that "
+    "a model can be asked for it. music21's collections have theirs.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the tune order.")
 @click.option(
     "--keep-irregular",
@@ -54,26 +64,35 @@ def corpus():
     help="Keep tunes whose bars disagree with their meter (dropped by default).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON on stdout.")
-def corpus_folk(sources, output, collections, seed, keep_irregular, as_json):
+def corpus_folk(sources, output, collections, style, seed, keep_irregular, as_json):
     """Build an ABC training corpus: one cleaned tune per block, duplicates removed.
 
     Without SOURCES, reads the folk collections that music21 ships (about 12,800 tunes);
-    SOURCES are your own .abc files or folders of them. Keeps the X, T, R, M, L and K
-    headers, drops fingerings, annotations, comments and other fields, and shuffles the
-    tunes with --seed, so that the validation split at the end holds whole tunes from every
-    collection. The same input always gives the same corpus.
+    SOURCES are your own .abc files or folders of them. Keeps the X, O, R, T, M, L and K
+    headers: O: is the tradition (irish, scottish, english, american, german, chinese; --style
+    for your own tunes), R: the rhythm, one of reel, jig, slip jig, hornpipe, strathspey,
+    waltz, march, slide, air, song (other spellings are mapped, unknown ones dropped), so that
+    a model trained on the corpus can be asked for them. Drops fingerings, annotations,
+    comments and other fields, and shuffles the tunes with --seed, so that the validation
+    split at the end holds whole tunes from every collection. The same input always gives
+    the same corpus.
 
     \b
     Examples:
       chargen corpus folk
       chargen corpus folk --collection oneills1850 -o corpora/oneill.abc
-      chargen corpus folk my_tunes/ more.abc -o corpora/mine.abc
+      chargen corpus folk my_tunes/ more.abc --style irish -o corpora/mine.abc
     """
+    from chargen.cli.console import counting_progress
     from chargen.files import write_atomic
-    from chargen.music.folk import abc_files, build_corpus, collection_files
+    from chargen.music.folk import Source, abc_files, build_corpus, collection_sources
 
-    files = abc_files(sources) if sources else collection_files(collections or FOLK_COLLECTIONS)
-    report = build_corpus(files, seed=seed, keep_irregular=keep_irregular)
+    if sources:
+        files = [Source(path, style) for path in abc_files(sources)]
+    else:
+        files = collection_sources(collections or FOLK_COLLECTIONS)
+    with counting_progress("Reading tunes", len(files), "files", not as_json) as advance:
+        report = build_corpus(files, seed, keep_irregular, on_file=advance)
     path = Path(output)
     if not path.resolve().parent.is_dir():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,9 +107,15 @@ def corpus_folk(sources, output, collections, seed, keep_irregular, as_json):
         f"{report.duplicates:,} duplicates, {report.irregular:,} with bars that disagree with "
         f"their meter{', ' + dropped if dropped else ''}.\n"
         f"Wrote {report.written:,} tunes ({len(report.text):,} characters) to {path}\n"
+        f"Rhythms (R:): {_counts(report.rhythms)}\n"
+        f"Traditions (O:): {_counts(report.styles)}\n"
         f"Train on it: chargen train {path} --level abc --name folk --time 10m",
         err=True,
     )
+
+
+def _counts(counter) -> str:
+    return ", ".join(f"{name or 'none'} {n:,}" for name, n in counter.most_common())
 
 
 # ------------------------------------------------------------------------------------- abc
@@ -185,6 +210,11 @@ class TuneOptions:
 
     meter: str | None = None
     key: str | None = None
+    rhythm: str | None = None
+    style: str | None = None
+    bars: int | None = None
+    parts: int | None = None
+    free: bool = False
     valid_only: bool = False
     midi: str | None = None  # folder for tunes.abc and one MIDI file per tune
     wav: bool = False
@@ -215,6 +245,11 @@ def sample_tunes(model, config, options: TuneOptions, cap: int, temperature: flo
             config.num,
             meter=options.meter,
             key=options.key,
+            rhythm=options.rhythm,
+            style=options.style,
+            bars=options.bars,
+            parts=options.parts,
+            free=options.free,
             prime=config.prime,
             temperature=temperature,
             top_k=config.top_k,

@@ -20,7 +20,11 @@ from chargen.cli.base import (
     weights_option,
     write_output,
 )
+from chargen.cli.music import RHYTHMS
 from chargen.config import SampleConfig
+
+TUNE_OPTIONS = ("midi", "wav", "svg", "meter", "key", "rhythm", "style", "bars", "parts")
+TUNE_OPTIONS += ("free", "valid_only")
 
 
 @click.command(context_settings=CONTEXT)
@@ -86,14 +90,25 @@ from chargen.config import SampleConfig
 @click.option("--svg", is_flag=True, help="ABC: also engrave sheet music as SVG (abcm2ps).")
 @click.option("--meter", help="ABC: the meter of every tune (M:), e.g. 6/8.")
 @click.option("--key", help="ABC: the key of every tune (K:), e.g. D or Ador.")
+@click.option("--rhythm", type=click.Choice(RHYTHMS), help="ABC: the kind of tune (R:).")
+@click.option("--style", help="ABC: the tradition (O:): irish, scottish, english, american, ...")
+@click.option("--bars", type=click.IntRange(1, 256), help="ABC: bars per tune, e.g. 16.")
+@click.option(
+    "--parts", type=click.IntRange(1, 8), help="ABC: parts per tune, each ending in :| or ||."
+)
+@click.option(
+    "--free", is_flag=True, help="ABC: no grammar; tunes may break their bars (for comparison)."
+)
 @click.option("--valid-only", is_flag=True, help="ABC: resample tunes that fail 'abc check'.")
 @checkpoint_dir_option
 @click.pass_context
-def sample(ctx, run, beam, midi, wav, svg, meter, key, valid_only, **options):
+def sample(ctx, run, beam, **options):
     """Generate text from RUN (a run name or directory; default: the latest run).
 
     For a run trained on ABC tunes, --num N gives N complete tunes, each ended by the
-    model (--length caps its tokens).
+    model (--length caps its tokens, default 1200; temperature default 0.5). A grammar
+    keeps every tune valid as it is written: bars that agree with the meter, the headers
+    and form asked for.
 
     \b
     Examples:
@@ -103,7 +118,9 @@ def sample(ctx, run, beam, midi, wav, svg, meter, key, valid_only, **options):
       chargen sample bard --json --num 3 > samples.jsonl
       chargen sample bard --beam 8 --prime "ROMEO:" --length 100   # most likely text
       chargen sample folk --num 10 --midi out/ --meter 6/8 --key D  # ABC tunes
+      chargen sample folk --rhythm jig --style irish --bars 16 --parts 2 --num 5
     """
+    tune_options = {name: options.pop(name) for name in TUNE_OPTIONS}
     output, as_json = options.pop("output"), options.pop("as_json")
     weights, device = options.pop("weights"), options.pop("device")
     config = SampleConfig(**options)
@@ -111,18 +128,12 @@ def sample(ctx, run, beam, midi, wav, svg, meter, key, valid_only, **options):
     if beam is not None and config.num > 1:
         raise CliError("--beam finds one most likely continuation; drop --num", 2)
     check_output_path(output)
-    music_options = midi or wav or svg or meter or key or valid_only
+    music_options = [f"--{n.replace('_', '-')}" for n, v in tune_options.items() if v]
     if music_options and beam is not None:
-        raise CliError("--beam cannot be combined with --midi, --meter, --key or --valid-only", 2)
+        raise CliError(f"--beam writes text, not tunes: drop {', '.join(music_options)}", 2)
     model = load_model(ctx, run, weights, device)
     if beam is None and (music_options or model.writes_tunes):
-        from chargen.cli.music import TuneOptions, sample_tunes
-        from chargen.music.tunes import TUNE_CAP, TUNE_TEMPERATURE
-
-        wanted = TuneOptions(meter, key, valid_only, midi, wav, svg, output, as_json)
-        cap = config.length if given(ctx, "length") else TUNE_CAP
-        temperature = config.temperature if given(ctx, "temperature") else TUNE_TEMPERATURE
-        sample_tunes(model, config, wanted, cap, temperature)
+        _tunes(ctx, model, config, tune_options | {"output": output, "as_json": as_json})
         return
     stream = config.num == 1 and not as_json and output is None
     with stop_on_interrupt() as should_stop:
@@ -146,6 +157,16 @@ def sample(ctx, run, beam, midi, wav, svg, meter, key, valid_only, **options):
         click.echo("\nInterrupted: keeping the text generated so far", err=True)
     if output is not None:
         click.echo(f"Wrote {written} sample{'s' if written != 1 else ''} to {output}", err=True)
+
+
+def _tunes(ctx, model, config: SampleConfig, options: dict) -> None:
+    """Whole tunes, at the tunes' own default cap and temperature unless they were given."""
+    from chargen.cli.music import TuneOptions, sample_tunes
+    from chargen.music.tunes import TUNE_CAP, TUNE_TEMPERATURE
+
+    cap = config.length if given(ctx, "length") else TUNE_CAP
+    temperature = config.temperature if given(ctx, "temperature") else TUNE_TEMPERATURE
+    sample_tunes(model, config, TuneOptions(**options), cap, temperature)
 
 
 def _rendered(samples, as_json: bool) -> Iterator[str]:

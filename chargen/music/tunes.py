@@ -1,20 +1,22 @@
-"""Complete ABC tunes from a trained model: header conditioning, the end-of-tune rule, a cap.
+"""Complete ABC tunes from a trained model: what is asked of them, the end-of-tune rule, a cap.
 
 ``generate_tunes`` samples a batch of tunes on the generation engine, each from a fresh state
-primed with the start of a tune, until the model writes the end-of-tune marker (a blank line,
-``TUNE_END``) or reaches the length cap. Requested headers (``M:6/8``, ``K:D``) are imposed by
-*forcing*: when the model starts a header line at or past where a requested field belongs, the
-requested line is fed to it instead, token by token, and the model continues from there;
-everything else (title, the other headers, the music) is the model's own. These rules are the
-tunes' ``Control``; the loop itself is the engine's. ``generate_valid_tunes`` resamples the tunes
-a check rejects. This module knows nothing about music21, files or the command line.
+primed with the start of a tune (``X:``: the model writes the number), until the model writes
+the end-of-tune marker (a blank line, ``TUNE_END``) or reaches the length cap. By default each
+tune follows ``chargen.music.grammar``: requested headers (``M:6/8``, ``R:jig``), the form
+(bars, parts) and bars that agree with the meter hold by construction (``GrammarControl``).
+With ``free``, the model writes what it likes, and requested headers are imposed by *forcing*:
+when the model starts a header line at or past where a requested field belongs, the requested
+line is fed to it instead (``TuneControl``). The loop itself is the engine's.
+``generate_valid_tunes`` resamples the tunes a check rejects. This module knows nothing about
+music21, files or the command line.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -25,29 +27,36 @@ from chargen.generation.sampling import sequence_key
 from chargen.generation.text import prime_ids
 from chargen.model.rnn import RNNLanguageModel
 from chargen.music.check import TuneCheck
+from chargen.music.grammar import Form, TuneGrammar, check_prime, vocabulary
 from chargen.music.notation import (
     HEADER_ORDER,
+    RHYTHMS,
     TUNE_END,
+    default_unit,
     header_lines,
+    key_readable,
     meter_length,
     parse_header_text,
     renumber,
 )
 from chargen.text.tokenizer import Tokenizer
 
-FIRST_LINE = "X:1\n"
+FIRST_LINE = "X:"
 TUNE_START = TUNE_END[-1] + FIRST_LINE
 """What every tune is primed with, from a zero state: the blank line that ends a previous tune,
-then the first header line. Training at the abc level starts every tune from a zero state at
-that same newline (``chargen.text.batches.piece_starts``), followed by its X: line, so the model
-meets each tune as it is sampled."""
+then the field that starts a tune; the model writes the number (the tunes are renumbered after).
+Training at the abc level starts every tune from a zero state at that same newline
+(``chargen.text.batches.piece_starts``), followed by its X: line, so the model meets each tune
+as it is sampled. (Priming with a whole ``X:1`` line made the model go on writing a number of
+several digits on the next line, the way the corpus's numbers run.)"""
 
 TUNE_CAP = 1200
 """Default cap on a tune's tokens: about five times an average folk tune, above the longest."""
 
-TUNE_TEMPERATURE = 0.5
-"""Default temperature for tunes: a tune must keep its meter in every bar, and a lower
-temperature keeps more of them right (figures in benchmarks/RESULTS.md)."""
+TUNE_TEMPERATURE = 1.0
+"""Default temperature for tunes: the model's own distribution. The grammar keeps every tune
+valid at any temperature, and at 1.0 the tunes' length, endings and rhythms come closest to the
+corpus's (``chargen abc stats``; figures in benchmarks/RESULTS.md). Lower is safer and blander."""
 
 
 def is_tune_model(tokenizer: Tokenizer, corpus: object) -> bool:
@@ -81,10 +90,10 @@ class TuneControl(Control):
         self.tokenizer = tokenizer
         self.fields = fields
         self.music = music
-        self.pieces: list[str] = []
+        self.pieces: list[str] = []  # after the prompt's FIRST_LINE
         self.queue: deque[int] = deque()  # forced tokens still to feed
         self.in_header = True
-        self.line = ""  # the current line so far
+        self.line = FIRST_LINE  # the current line so far
         self.seen = {"X"}  # header fields written so far
         self.ended = False
 
@@ -150,26 +159,84 @@ class TuneControl(Control):
         )
 
 
+class GrammarControl(TuneControl):
+    """A tune written under ``chargen.music.grammar``: every token the model may choose keeps
+    the tune valid, with the headers and form asked for; a prime's music is forced as is."""
+
+    def __init__(self, tokenizer: Tokenizer, spec: TuneSpec):
+        super().__init__(tokenizer, {}, spec.music)  # the grammar asks for the headers
+        self.grammar = TuneGrammar(tokenizer, spec.fields, spec.form)
+
+    def allowed(self) -> torch.Tensor | None:
+        return None if self.queue else self.grammar.allowed()
+
+    def override(self, sampled: int) -> int | None:
+        return self.queue.popleft() if self.queue else None
+
+    def accept(self, token: int, forced: bool) -> bool:
+        self.grammar.advance(token)
+        return super().accept(token, forced)
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """What is asked of every tune of a request: header fields (letter to value), music to
+    start from after the K: line, a form, and whether the grammar is off (``free``)."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    music: str = ""
+    form: Form = Form()
+    free: bool = False
+
+    def control(self, tokenizer: Tokenizer) -> TuneControl:
+        if self.free:
+            return TuneControl(tokenizer, self.fields, self.music)
+        return GrammarControl(tokenizer, self)
+
+
 def tune_request(
-    prime: str = "", meter: str | None = None, key: str | None = None
-) -> tuple[dict[str, str], str]:
-    """Headers to impose and music to start from, from a prime (``"M:6/8\\nK:D\\nA"``, where
-    ``\\n`` may be written as two characters) and a meter and key asked for apart from it."""
+    prime: str = "",
+    meter: str | None = None,
+    key: str | None = None,
+    *,
+    rhythm: str | None = None,
+    style: str | None = None,
+    bars: int | None = None,
+    parts: int | None = None,
+    free: bool = False,
+) -> TuneSpec:
+    """What to ask of tunes, from a prime (``"M:6/8\\nK:D\\nA"``, where ``\\n`` may be written
+    as two characters) and the headers and form asked for apart from it."""
     fields, music = parse_header_text(prime.replace("\\n", "\n"))
     fields.pop("X", None)
-    for letter, value, option in (("M", meter, "--meter"), ("K", key, "--key")):
+    asked = (("M", meter, "--meter"), ("K", key, "--key"), ("R", rhythm, "--rhythm"))
+    for letter, value, option in (*asked, ("O", style, "--style")):
         if value is None:
             continue
         value = value.strip()
         if letter in fields and fields[letter] != value:
             raise UsageError(f"{option} {value} contradicts {letter}:{fields[letter]} in --prime")
         fields[letter] = value
-    meter = fields.get("M")
-    if meter is not None and meter_length(meter) is None and meter not in ("none", "C", "C|"):
-        raise UsageError(f"cannot read the meter {meter!r}; write it like 6/8, 3/4 or C")
+    _check_values(fields)
     if music.strip() and "K" not in fields:
         raise UsageError("music in --prime needs a key first: a K: line or --key")
-    return fields, music
+    if music.strip() and not free:
+        if "M" not in fields:
+            raise UsageError("music in --prime needs a meter for its bars: an M: line or --meter")
+        fields.setdefault("L", default_unit(fields["M"]))  # how ABC reads music without an L:
+    if (bars or parts) and free:
+        raise UsageError("--bars and --parts need the grammar; leave out --free")
+    return TuneSpec(fields, music, Form(bars, parts), free)
+
+
+def _check_values(fields: dict[str, str]) -> None:
+    meter, key, rhythm = fields.get("M"), fields.get("K"), fields.get("R")
+    if meter is not None and meter_length(meter) is None and meter not in ("none", "C", "C|"):
+        raise UsageError(f"cannot read the meter {meter!r}; write it like 6/8, 3/4 or C")
+    if key is not None and not key_readable(key):
+        raise UsageError(f"cannot read the key {key!r}; write it like D, Ador, Bm or F#mix")
+    if rhythm is not None and rhythm not in RHYTHMS:
+        raise UsageError(f"unknown rhythm {rhythm!r}; choose one of: {', '.join(RHYTHMS)}")
 
 
 def check_fields(tokenizer: Tokenizer, fields: dict[str, str], music: str = "") -> None:
@@ -178,6 +245,10 @@ def check_fields(tokenizer: Tokenizer, fields: dict[str, str], music: str = "") 
         if letter not in HEADER_ORDER or letter == "X":
             allowed = ", ".join(f"{f}:" for f in HEADER_ORDER[1:])
             raise UsageError(f"cannot ask for the header {letter}:; give only {allowed}")
+    vocab = vocabulary(tuple(tokenizer.pieces))
+    for letter, value in fields.items():
+        if letter in "MLKRO":
+            vocab.value_id(letter, value)  # a UsageError naming the values the model knows
     text = header_lines(fields) + music
     unknown = tokenizer.unknown_pieces(text)
     if unknown:
@@ -191,8 +262,7 @@ def generate_tunes(
     model: RNNLanguageModel,
     tokenizer: Tokenizer,
     config: SampleConfig,
-    fields: dict[str, str] | None = None,
-    music: str = "",
+    spec: TuneSpec = TuneSpec(),
     device: torch.device | str = "cpu",
     should_stop: Callable[[], bool] = lambda: False,
     first: int = 0,
@@ -200,11 +270,12 @@ def generate_tunes(
     """``config.num`` tunes sampled together, numbers ``first`` onwards of their request (the
     number picks a tune's random stream); ``config.length`` caps each tune's tokens.
 
-    ``fields`` are headers to impose (letter to value, e.g. ``{"M": "6/8", "K": "D"}``) and
-    ``music`` is where the music after the K: line starts. A tune ends when the model writes a
-    blank line; one still going at the cap is returned with ``ended`` false.
+    ``spec`` says what is asked of them: headers to impose (e.g. ``{"M": "6/8", "K": "D"}``),
+    the music the tune starts with after its K: line, a form, and whether the grammar is off.
+    A tune ends when the model writes a blank line; one still going at the cap is returned
+    with ``ended`` false.
     """
-    sequences = tune_sequences(tokenizer, config, fields, music, first)
+    sequences = tune_sequences(tokenizer, config, spec, first)
     engine = Engine(model, device)
     engine.add(sequences)
     engine.run(should_stop)
@@ -212,18 +283,15 @@ def generate_tunes(
 
 
 def tune_sequences(
-    tokenizer: Tokenizer,
-    config: SampleConfig,
-    fields: dict[str, str] | None = None,
-    music: str = "",
-    first: int = 0,
+    tokenizer: Tokenizer, config: SampleConfig, spec: TuneSpec = TuneSpec(), first: int = 0
 ) -> list[Sequence]:
     """The engine sequences of ``config.num`` tunes (numbers ``first`` onwards of a request),
-    each with its ``TuneControl``; once done, ``sequence.control.tune(sequence)`` is its tune.
-    For callers that run the engine themselves (a server's continuous batching)."""
+    each with its control; once done, ``sequence.control.tune(sequence)`` is its tune. For
+    callers that run the engine themselves (a server's continuous batching)."""
     config.validate()
-    fields = dict(fields or {})
-    check_fields(tokenizer, fields, music)
+    check_fields(tokenizer, spec.fields, spec.music)
+    if not spec.free and spec.music:
+        check_prime(tokenizer, spec.fields, spec.music, spec.form)
     prompt = prime_ids(tokenizer, TUNE_START)
     return [
         Sequence(
@@ -231,7 +299,7 @@ def tune_sequences(
             config.length,
             config,
             sequence_key(config.seed, first + i),
-            TuneControl(tokenizer, fields, music),
+            spec.control(tokenizer),
         )
         for i in range(config.num)
     ]

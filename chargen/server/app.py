@@ -176,7 +176,16 @@ class Server:
             raise ApiError(400, f"{model.name} is a text model, not a tune model")
         _bound("num", request.num, limits.tunes)
         _bound("length", request.length, limits.tune_tokens)
-        fields, music = tune_request(request.prime, request.meter, request.key)
+        spec = tune_request(
+            request.prime,
+            request.meter,
+            request.key,
+            rhythm=request.rhythm,
+            style=request.style,
+            bars=request.bars,
+            parts=request.parts,
+            free=request.free,
+        )
         config = SampleConfig(
             request.length,
             request.temperature,
@@ -187,7 +196,7 @@ class Server:
         )
 
         def generate(config: SampleConfig, first: int) -> list[Tune]:
-            job = Job(tune_sequences(model.tokenizer, config, fields, music, first), loop)
+            job = Job(tune_sequences(model.tokenizer, config, spec, first), loop)
             asyncio.run_coroutine_threadsafe(_drain(self.run_job(model.name, job)), loop).result()
             if not job.over:
                 raise ApiError(504, f"the tunes took longer than {limits.seconds:g}s")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chargen.music.tunes import TUNE_CAP, TUNE_TEMPERATURE
+
 _STRICT = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
@@ -37,13 +39,18 @@ class TunesRequest(BaseModel):
     num: int = Field(1, ge=1, description="Tunes to write.")
     meter: str | None = Field(None, max_length=16, description="M: of every tune, e.g. 6/8.")
     key: str | None = Field(None, max_length=16, description="K: of every tune, e.g. D or Ador.")
+    rhythm: str | None = Field(None, max_length=16, description="R: of every tune, e.g. jig.")
+    style: str | None = Field(None, max_length=32, description="O: (tradition), e.g. irish.")
+    bars: int | None = Field(None, ge=1, le=256, description="Bars of music in every tune.")
+    parts: int | None = Field(None, ge=1, le=8, description="Parts (ended by :| or ||).")
+    free: bool = Field(False, description="No grammar: tunes may break their bars.")
     prime: str = Field("", max_length=2000, description="Header lines and opening notes.")
-    temperature: float = Field(0.5, ge=0, le=100)
+    temperature: float = Field(TUNE_TEMPERATURE, ge=0, le=100)
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = None
     valid_only: bool = Field(False, description="Resample tunes that fail the check.")
-    length: int = Field(1200, ge=1, description="Most tokens a tune may have.")
+    length: int = Field(TUNE_CAP, ge=1, description="Most tokens a tune may have.")
 
 
 class ScoreRequest(BaseModel):
