@@ -42,6 +42,9 @@ BROKEN = {
     "unreadable symbol": "X:7\nT:Stray Hash\nM:3/4\nL:1/8\nK:G\nG2 B2 d2|g2 #d2 B2|G6|]",
     "no music": "X:8\nT:Only Headers\nM:3/4\nL:1/8\nK:G\n",
     "unknown key": "X:9\nT:Key Of Q\nM:3/4\nL:1/8\nK:Q\nG2 B2 d2|g6|]",
+    # what priming with a whole "X:1" line made: the model went on writing the number
+    "stray number": "X:11\n51\nT:Stray\nM:3/4\nL:1/8\nK:G\nG2 B2 d2|g6|]",
+    "number for a title": "X:12\nT:9\nM:3/4\nL:1/8\nK:G\nG2 B2 d2|g6|]",
 }
 """What is wrong with each, by name; the checker must say so."""
 

@@ -225,3 +225,19 @@ def test_music21_folk_corpus_builds_and_round_trips_through_the_abc_tokenizer(tm
     assert 0 not in ids.tolist() and tokenizer.decode(ids) == text
     assert run("corpus", "folk", "-o", tmp_path / "again.abc").exit_code == 0
     assert (tmp_path / "again.abc").read_text(encoding="utf-8") == text
+
+
+@pytest.mark.skipif(not shutil.which("abcm2ps"), reason="abcm2ps is not installed")
+def test_a_tune_without_midi_still_gets_its_sheet_music(folk, tmp_path, monkeypatch):
+    def no_midi(tune, path):
+        raise export.MusicError("music21 cannot parse it: TypeError")
+
+    monkeypatch.setattr(export, "write_midi", no_midi)
+    out = tmp_path / "out"
+    result = run("sample", folk, "--num", "2", "--seed", "1", "--midi", out, "--svg")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["tune-001.svg", "tune-002.svg", "tunes.abc"]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: tune {n}: no MIDI file: music21 cannot parse it: TypeError" for n in (1, 2)
+    ]

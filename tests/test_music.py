@@ -82,6 +82,8 @@ def test_known_good_tunes_pass_the_check():
         ("bar too short", "bar 2: too short: 5/8 for 3/4"),
         ("unreadable symbol", "bar 2: unreadable symbols: #"),
         ("no music", "no music"),
+        ("stray number", "line 2 is neither a header field nor music: '51'"),
+        ("number for a title", "the title is only a number: T:9"),
     ],
 )
 def test_broken_tunes_fail_the_check_saying_why(name, problem):
@@ -150,9 +152,29 @@ def test_midi_file_is_written_and_reads_back_with_the_same_notes(tmp_path):
     assert sum(n.quarterLength for n in back) == sum(n.quarterLength for n in original) == 22
 
 
-def test_midi_of_an_unreadable_tune_is_a_music_error(tmp_path):
+UNREADABLE = "X:1\nT:t\nM:3/4\nL:1/8\nK:G\nG2 B2 d2|[g e2 e2:|"  # music21 cannot parse it
+
+
+def test_midi_of_a_tune_music21_cannot_read_is_a_music_error_without_abc2midi(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(export.shutil, "which", lambda name: None)
     with pytest.raises(MusicError, match="music21 cannot parse it"):
-        write_midi("X:1\nT:t\nM:3/4\nL:1/8\nK:G\nG2 B2 d2|[g e2 e2:|", tmp_path / "x.mid")
+        write_midi(UNREADABLE, tmp_path / "x.mid")
+
+
+@pytest.mark.skipif(not export.shutil.which("abc2midi"), reason="abc2midi is not installed")
+def test_midi_of_a_tune_music21_cannot_read_comes_from_abc2midi(tmp_path):
+    assert write_midi(UNREADABLE, tmp_path / "x.mid").read_bytes()[:4] == b"MThd"
+
+
+def test_each_later_part_repeats_from_its_own_start_at_the_tempo_of_its_rhythm(tmp_path):
+    # "A :| B :|", the layout of 1,127 corpus tunes: B repeats alone, as abc2midi plays it
+    tune = "X:1\nT:t\nR:jig\nM:6/8\nL:1/8\nK:D\ndfa afd|gbg fed:|\ncde fga|d3 d3:|"
+    back = music21.converter.parse(str(write_midi(tune, tmp_path / "x.mid")))
+    assert back.flatten().highestTime == 4 * 2 * 3  # 4 bars of 3 quarter notes: AA BB
+    marks = back.recurse().getElementsByClass(music21.tempo.MetronomeMark)
+    assert [m.getQuarterBPM() for m in marks][:1] == [116 * 1.5]  # Q:3/8=116, a jig's
 
 
 def test_missing_tools_are_named_with_their_debian_packages(monkeypatch, tmp_path):

@@ -201,6 +201,85 @@ def abc_check(file, as_json, corpus_file, no_parse, timeout):
     console.print(line)
 
 
+@abc_group.command("stats", context_settings=CONTEXT)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--corpus",
+    "corpus_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Also give the corpus's figures, and how far FILE's are from them.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The figures as one JSON object.")
+def abc_stats(file, corpus_file, as_json):
+    """What the tunes of FILE look like: bars, parts, repeats, endings, range, note lengths.
+
+    Bars count a pickup and the short bar that completes it as one (as --bars does); a part
+    ends at a repeat sign or a double or final bar line. With --corpus, each figure is set
+    beside the corpus's, with the distance: a difference of medians, of shares in points,
+    or of distributions (total variation, 0 to 1).
+
+    \b
+    Examples:
+      chargen abc stats out/tunes.abc
+      chargen abc stats out/tunes.abc --corpus corpora/folk.abc --json
+    """
+    from chargen.cli.console import console, table
+    from chargen.files import read_text
+    from chargen.music.notation import split_tunes
+    from chargen.music.stats import distances, profile
+
+    found = profile(split_tunes(read_text(file)))
+    if not found["tunes"]:
+        raise CliError(f"{file}: no tune with a meter and notes in it")
+    corpus = profile(split_tunes(read_text(corpus_file))) if corpus_file else None
+    apart = distances(found, corpus) if corpus else {}
+    if as_json:
+        echo_json({"file": found} | ({"corpus": corpus, "distance": apart} if corpus else {}))
+        return
+    columns = ["figure", Path(file).name] + ([Path(corpus_file).name, "distance"] if corpus else [])
+    rows = []
+    for name, key in _STATS_ROWS:
+        row = [name, _stat(found.get(key))]
+        if corpus:
+            row += [_stat(corpus.get(key)), _distance(key, apart.get(key))]
+        rows.append(row)
+    console.print(table(f"{found['tunes']:,} tunes", columns, rows))
+
+
+_STATS_ROWS = (
+    ("bars (median)", "bars_median"),
+    ("bars (quartiles)", "bars_quartiles"),
+    ("parts", "parts"),
+    ("with repeats", "repeats"),
+    ("end on a final bar line", "final_bar"),
+    ("end on the tonic", "tonic_end"),
+    ("pitch range (median, semitones)", "range_median"),
+    ("note lengths (in L: units)", "lengths"),
+)
+
+
+def _distance(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key in ("parts", "lengths"):
+        return f"{value:.2f} (TV)"
+    if key in ("repeats", "final_bar", "tonic_end"):
+        return f"{value:+.1f} points"
+    return f"{value:+g}"
+
+
+def _stat(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v:.0%}" for k, v in list(value.items())[:5])
+    if isinstance(value, list):
+        return " / ".join(f"{v:g}" for v in value)
+    if isinstance(value, float) and 0 <= value <= 1 and not value.is_integer():
+        return f"{value:.0%}"
+    return f"{value:g}"
+
+
 # ------------------------------------------------------------------------------ sample tunes
 
 
@@ -297,14 +376,19 @@ class _Exports:
         number = self.count
         self.abc.write(("\n" if number > 1 else "") + tune.text + "\n")
         stem, files = Path(self.options.midi) / f"tune-{number:03d}", {}
-        try:
-            files["midi"] = str(write_midi(tune.text, stem.with_suffix(".mid")))
-            if self.options.wav:
-                files["wav"] = str(write_wav(files["midi"], stem.with_suffix(".wav")))
-            if self.options.svg:
-                files["svg"] = str(write_svg(tune.text, stem.with_suffix(".svg")))
-        except MusicError as exc:  # one unplayable tune does not stop the others
-            click.echo(f"warning: tune {number}: {exc}", err=True)
+        # each export on its own: a tune one tool cannot read may suit another
+        steps = [("midi", lambda: write_midi(tune.text, stem.with_suffix(".mid")))]
+        if self.options.wav:
+            steps.append(("wav", lambda: write_wav(files["midi"], stem.with_suffix(".wav"))))
+        if self.options.svg:
+            steps.append(("svg", lambda: write_svg(tune.text, stem.with_suffix(".svg"))))
+        for kind, step in steps:
+            if kind == "wav" and "midi" not in files:
+                continue  # already warned: no MIDI file to render
+            try:
+                files[kind] = str(step())
+            except MusicError as exc:  # one unplayable tune does not stop the others
+                click.echo(f"warning: tune {number}: no {kind.upper()} file: {exc}", err=True)
         return files
 
 

@@ -12,7 +12,14 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from chargen.music.notation import body, default_unit, headers, meter_length, unit_length
+from chargen.music.notation import (
+    body,
+    compound,
+    default_unit,
+    headers,
+    meter_length,
+    unit_length,
+)
 
 
 @dataclass
@@ -84,6 +91,7 @@ class Measure:
 
     def __init__(self, meter: str, unit: str):
         self.meter = meter_length(meter)
+        self.compound = compound(meter)
         self.unit = unit_length(unit) or unit_length(default_unit(meter))
         self.found: list[Bar] = []
         self.current = Bar(Fraction(0), self.meter, "", "")
@@ -128,6 +136,7 @@ class Measure:
         letter, value = inner[0], inner[2:].strip()
         if letter == "M":
             self.meter = meter_length(value)
+            self.compound = compound(value)
             if not self.has_notes:
                 self.current.expected = self.meter
         elif letter == "L":
@@ -155,9 +164,7 @@ class Measure:
             self.current.unknown.append(match.group(0))
             return
         q_text, r_text = match.group("q"), match.group("r")
-        meter = self.meter
-        compound = meter is not None and meter.denominator == 8 and meter.numerator % 3 == 0
-        q = int(q_text) if q_text else _DEFAULT_TUPLET_Q.get(p, 3 if compound else 2)
+        q = int(q_text) if q_text else _DEFAULT_TUPLET_Q.get(p, 3 if self.compound else 2)
         self.tuplet_left = int(r_text) if r_text else p
         self.tuplet_factor = Fraction(q, p)
 

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from chargen.errors import MusicError
 from chargen.music.bars import bar_problems, bars
 from chargen.music.notation import (
+    FIELD_LINE,
     REQUIRED_HEADERS,
     body,
     headers,
     key_readable,
     meter_length,
+    split_header,
     unit_length,
 )
 
@@ -116,6 +118,7 @@ def check_tune(tune: str, number: int = 1, parse: bool = True, timeout: float = 
     missing = [f for f in REQUIRED_HEADERS if f not in fields]
     if missing:
         check.problems.append("missing header " + ", ".join(f"{f}:" for f in missing))
+    check.problems += _stray_lines(tune)
     meter = fields.get("M")
     if meter is not None and meter.lower() not in FREE_METERS and meter_length(meter) is None:
         check.problems.append(f"unreadable meter M:{meter}")
@@ -141,6 +144,21 @@ def check_tune(tune: str, number: int = 1, parse: bool = True, timeout: float = 
             check.parsed = False
             check.problems.append(str(exc))
     return check
+
+
+def _stray_lines(tune: str) -> list[str]:
+    """Lines of the header that are no field, and a title that is only a number: what a sampler
+    that primes with a whole ``X:1`` line made of the number the model went on writing."""
+    head, _ = split_header(tune)
+    problems = [
+        f"line {i + 1} is neither a header field nor music: {line[:20]!r}"
+        for i, line in enumerate(head)
+        if line.strip() and not FIELD_LINE.match(line)
+    ]
+    title = headers(tune).get("T", "")
+    if title.strip().isdigit():
+        problems.append(f"the title is only a number: T:{title}")
+    return problems
 
 
 def music21_available() -> bool:

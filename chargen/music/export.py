@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shutil
 import subprocess
 import tempfile
@@ -16,12 +17,31 @@ from pathlib import Path
 
 from chargen.errors import MusicError
 from chargen.music.check import parse_with_music21
+from chargen.music.notation import compound, headers, split_header
 
 
 def write_midi(tune: str, path: str | Path) -> Path:
-    """A standard MIDI file of ``tune`` (through music21)."""
-    score = parse_with_music21(tune)
+    """A standard MIDI file of ``tune``: through music21 (``playable``: with a tempo and the
+    repeat starts music21 needs), else through abc2midi where it is installed."""
     path = Path(path)
+    try:
+        return _midi_by_music21(playable(tune), path)
+    except MusicError as exc:
+        if not shutil.which("abc2midi"):
+            raise
+        reason = exc
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "tune.abc"
+        source.write_text(_with_tempo(tune) + "\n", encoding="utf-8")
+        try:
+            _run_tool(["abc2midi", str(source), "-o", str(path), "-silent"], path)
+        except MusicError:
+            raise reason from None
+    return path
+
+
+def _midi_by_music21(tune: str, path: Path) -> Path:
+    score = parse_with_music21(tune)
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             score.write("midi", fp=str(path))
@@ -40,9 +60,60 @@ def write_midi(tune: str, path: str | Path) -> Path:
         with contextlib.redirect_stderr(io.StringIO()):
             score.write("midi", fp=str(path))
     except Exception as exc:
-        message = str(exc).splitlines()[0][:120] if str(exc) else ""
-        raise MusicError(f"cannot write MIDI: {type(exc).__name__} {message}".strip()) from None
+        message = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        raise MusicError(f"music21 cannot make MIDI of it ({message})") from None
     return path
+
+
+TEMPOS = {
+    "reel": "1/2=100",
+    "jig": "3/8=116",
+    "slip jig": "3/8=120",
+    "hornpipe": "1/4=160",
+    "strathspey": "1/4=130",
+    "air": "1/4=80",
+    "song": "1/4=96",
+}
+"""Tempos (Q:) for playing a tune with none, by rhythm: about what a session plays them at."""
+
+
+def playable(tune: str) -> str:
+    """``tune`` as music21 should play it: a tempo where it has none (``TEMPOS``; 120 quarter
+    notes a minute otherwise), and a start repeat ``|:`` wherever an end repeat ``:|`` follows
+    an earlier part with none (``A :| B :|``: ABC repeats B alone; music21 would go back to the
+    start of the tune)."""
+    head, music = split_header(_with_tempo(tune))
+    return "\n".join(head + [_open_repeats("\n".join(music))])
+
+
+def _with_tempo(tune: str) -> str:
+    fields = headers(tune)
+    if "Q" in fields:
+        return tune
+    beat = "3/8=100" if compound(fields.get("M", "")) else "1/4=120"
+    tempo = TEMPOS.get(fields.get("R", ""), beat)
+    lines = tune.split("\n")
+    at = next((i for i, line in enumerate(lines) if line.startswith("K:")), len(lines))
+    return "\n".join(lines[:at] + [f"Q:{tempo}"] + lines[at:])
+
+
+_BAR_LINE = re.compile(r"\[\||:*\|+[\]:]*\d*|::+\d*|\[\d+")
+
+
+def _open_repeats(music: str) -> str:
+    inserts, part_end, start_open = [], None, False
+    for match in _BAR_LINE.finditer(music):
+        text = match.group(0)
+        if text.startswith(":") and not start_open and part_end is not None:
+            inserts.append(part_end)
+        start_open = text.endswith(":") or (start_open and not text.startswith(":"))
+        followed_by_ending = re.match(r"\s*\[?\d", music[match.end() :])
+        ends_part = text.startswith(":") or text in ("||", "|]")
+        if ends_part and not re.search(r"\d", text) and not followed_by_ending:
+            part_end = match.end() + len(re.match(r"\s*", music[match.end() :]).group(0))
+    for at in reversed(inserts):
+        music = music[:at] + "|:" + music[at:]
+    return music
 
 
 SOUNDFONTS = (

@@ -35,6 +35,7 @@ from chargen.music.bars import STRUCTURAL
 from chargen.music.notation import (
     HEADER_ORDER,
     RHYTHMS,
+    compound,
     default_unit,
     key_readable,
     meter_length,
@@ -683,8 +684,7 @@ def start_music(values: dict[str, str]) -> Music:
     meter_text = values.get("M", "none")
     meter = meter_length(meter_text)
     unit = unit_length(values.get("L") or default_unit(meter_text)) or Fraction(1, 8)
-    compound = meter is not None and meter.denominator == 8 and meter.numerator % 3 == 0
-    music = Music(None if meter is None else ticks(meter), ticks(unit), compound)
+    music = Music(None if meter is None else ticks(meter), ticks(unit), compound(meter_text))
     music.tonic = values.get("K", "")[:1].upper()
     return music
 

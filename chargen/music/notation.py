@@ -34,7 +34,7 @@ REQUIRED_HEADERS = "XTMK"
 BODY_FIELDS = "MLK"
 """Fields kept when they appear inside the music: a change of meter, unit length or key."""
 
-_FIELD_LINE = re.compile(r"^([A-Za-z]):(?!\|)(.*)$")  # "B:|" is music, not a field
+FIELD_LINE = re.compile(r"^([A-Za-z]):(?!\|)(.*)$")  # "B:|" is music, not a field
 _X_LINE = re.compile(r"^X:", re.MULTILINE)
 _QUOTED = re.compile(r'"([^"\n]*)"')
 _CHORD_SYMBOL = re.compile(
@@ -81,7 +81,7 @@ def split_header(tune: str) -> tuple[list[str], list[str]]:
         if line.startswith("K:"):
             return lines[: i + 1], lines[i + 1 :]
     for i, line in enumerate(lines):
-        if not _FIELD_LINE.match(line):
+        if not FIELD_LINE.match(line):
             return lines[:i], lines[i:]
     return lines, []
 
@@ -90,7 +90,7 @@ def headers(tune: str) -> dict[str, str]:
     """The header fields of a tune, letter to value (stripped); the first of a repeated field."""
     found: dict[str, str] = {}
     for line in split_header(tune)[0]:
-        match = _FIELD_LINE.match(line)
+        match = FIELD_LINE.match(line)
         if match and match.group(1) not in found:
             found[match.group(1)] = match.group(2).strip()
     return found
@@ -123,7 +123,7 @@ def parse_header_text(text: str) -> tuple[dict[str, str], str]:
     fields: dict[str, str] = {}
     lines = text.split("\n")
     for i, line in enumerate(lines):
-        match = _FIELD_LINE.match(line)
+        match = FIELD_LINE.match(line)
         if not match:
             return fields, "\n".join(lines[i:])
         fields[match.group(1)] = match.group(2).strip()
@@ -205,7 +205,7 @@ def _clean_headers(head: list[str]) -> dict[str, str]:
     """The first T, R, M, L and K of a tune's header; a title and L added where missing."""
     fields: dict[str, str] = {}
     for line in head:
-        match = _FIELD_LINE.match(line)
+        match = FIELD_LINE.match(line)
         if match is None:
             continue
         letter, value = match.group(1), _SPACES.sub(" ", match.group(2)).strip()
@@ -227,7 +227,7 @@ def _clean_music(music: list[str]) -> list[str]:
     and stray ``!`` dropped, spaces squeezed, blank lines removed."""
     kept = []
     for line in music:
-        match = _FIELD_LINE.match(line)
+        match = FIELD_LINE.match(line)
         if match:
             if match.group(1) == "V":
                 raise _Dropped("several voices")
@@ -239,9 +239,9 @@ def _clean_music(music: list[str]) -> list[str]:
         line = _SPACES.sub(" ", line).strip()
         if line:
             kept.append(line)
-    while kept and _FIELD_LINE.match(kept[-1]):  # a trailing key change with no music after it
+    while kept and FIELD_LINE.match(kept[-1]):  # a trailing key change with no music after it
         kept.pop()
-    if not any(re.search(r"[A-Ga-g]", line) for line in kept if not _FIELD_LINE.match(line)):
+    if not any(re.search(r"[A-Ga-g]", line) for line in kept if not FIELD_LINE.match(line)):
         raise _Dropped("no music")
     return kept
 
@@ -315,6 +315,16 @@ def key_readable(key: str) -> bool:
         return False
     mode = (match.group(2) or "").lower()
     return mode[:3] in _MODES or mode == "m"
+
+
+def compound(meter: str) -> bool:
+    """Whether ``meter`` is compound (6/8, 9/8, 12/8, 6/4: beats of three): a tuplet's default
+    q and a tempo's beat follow from it."""
+    match = _METER.match(meter)
+    if not match:
+        return False
+    top = sum(int(n) for n in match.group(1).split("+"))
+    return top % 3 == 0 and top > 3 and int(match.group(2)) >= 4
 
 
 def default_unit(meter: str) -> str:
