@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from chargen.music.notation import (
+    TUPLET_Q,
     body,
     compound,
     default_unit,
@@ -52,8 +53,6 @@ _BODY_TOKEN = re.compile(
     """,
     re.VERBOSE | re.MULTILINE,
 )
-
-_DEFAULT_TUPLET_Q = {2: 3, 3: 2, 4: 3, 6: 2, 8: 3}
 
 
 def _length(text: str) -> Fraction:
@@ -164,7 +163,7 @@ class Measure:
             self.current.unknown.append(match.group(0))
             return
         q_text, r_text = match.group("q"), match.group("r")
-        q = int(q_text) if q_text else _DEFAULT_TUPLET_Q.get(p, 3 if self.compound else 2)
+        q = int(q_text) if q_text else TUPLET_Q.get(p, 3 if self.compound else 2)
         self.tuplet_left = int(r_text) if r_text else p
         self.tuplet_factor = Fraction(q, p)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from chargen.errors import MusicError
 from chargen.music.check import parse_with_music21
-from chargen.music.notation import compound, headers, split_header
+from chargen.music.notation import BAR_LINE, compound, headers, split_header
 
 
 def write_midi(tune: str, path: str | Path) -> Path:
@@ -97,12 +97,9 @@ def _with_tempo(tune: str) -> str:
     return "\n".join(lines[:at] + [f"Q:{tempo}"] + lines[at:])
 
 
-_BAR_LINE = re.compile(r"\[\||:*\|+[\]:]*\d*|::+\d*|\[\d+")
-
-
 def _open_repeats(music: str) -> str:
     inserts, part_end, start_open = [], None, False
-    for match in _BAR_LINE.finditer(music):
+    for match in BAR_LINE.finditer(music):
         text = match.group(0)
         if text.startswith(":") and not start_open and part_end is not None:
             inserts.append(part_end)

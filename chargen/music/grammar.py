@@ -33,8 +33,11 @@ import torch
 from chargen.errors import UsageError
 from chargen.music.bars import STRUCTURAL
 from chargen.music.notation import (
+    BAR_LINE,
     HEADER_ORDER,
     RHYTHMS,
+    SECTION_END,
+    TUPLET_Q,
     compound,
     default_unit,
     key_readable,
@@ -51,18 +54,18 @@ MAX_TITLE_TOKENS = 60
 MAX_CHORD_NOTES = 4
 MAX_GRACE_NOTES = 4
 MAX_SLURS = 2
+CADENCE_BARS = 32
+"""Bars after which a tune may end anywhere: a model kept from ending off the tonic may
+wander on; twice the corpus's median tune is long enough to wait for a cadence."""
 MAX_CACHED_MASKS = 20_000  # about 20 MB with a vocabulary of 700 tokens
 
 _NOTE = re.compile(r"^(?:[_^=]{0,2}[A-Ga-g][,']*|z)$")  # a note or a rest (not x: invisible)
 _DURATION = re.compile(r"^(\d*)(/+)(\d*)$|^([1-9])$")
-_BAR = re.compile(r"^(?:\[\||:*\|+[\]:]*\d*|::+\d*|\[\d+)$")
 _TUPLET = re.compile(r"^\((\d)(?::(\d*))?(?::(\d*))?$")
 _CHORD_SYMBOL = re.compile(r'^"[A-G][#b]?(?:m|min|maj|dim|aug|sus|add)?\d*(?:/[A-G][#b]?)?"$')
 _FIELD = re.compile(r"^([A-Za-z]):$")
 _STYLE_WORD = re.compile(r"^[a-z][a-z ]{2,}$")
-_SECTION_END = re.compile(r":\||\|\||\|\]|::")
 _ENDING = re.compile(r"\d")
-_TUPLET_Q = {2: 3, 3: 2, 4: 3, 6: 2, 8: 3}  # q of a tuplet (p without :q), as bars.py has it
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class Vocabulary:
         self.durations = _durations(pieces)  # (id, multiplier)
         # the multipliers a note may have, shortest first (1: no duration written)
         self.lengths = tuple(sorted({Fraction(1)} | {m for _, m in self.durations}))
-        self.bars = [(i, p) for i, p in enumerate(pieces) if _BAR.match(p)]
+        self.bars = [(i, p) for i, p in enumerate(pieces) if BAR_LINE.fullmatch(p)]
         self.tuplets = [i for i, p in enumerate(pieces) if (m := _TUPLET.match(p)) and m[1] >= "2"]
         self.broken = [(i, p) for i, p in enumerate(pieces) if p in (">", "<", ">>", "<<")]
         self.chord_symbol = self.where(lambda p: bool(_CHORD_SYMBOL.match(p)))
@@ -278,13 +281,17 @@ class Music:
     last_letter: str = ""  # the letter of the last note (rests and grace notes aside)
     closed_part: bool = False  # the last bar line ended a part, and no note came after it
 
-    def key(self) -> tuple:
+    def key(self, form: Form) -> tuple:
+        """What decides the mask, under ``form``: the bars and parts so far only where a
+        form counts them (else every bar would be a new state, and the cache of no use)."""
         return (
             self.meter, self.unit, self.filled, self.pending, self.last, self.broken,
             self.tuplet_left, self.tuplet, self.chord, self.grace, self.lead,
             self.slurs, self.spaced, self.after_note, self.has_notes, self.opens_structural,
-            self.closed == 0, min(self.bar_run, 2), self.bars, self.sections, self.line == 0,
-            self.notes > 0, self.last_letter == self.tonic, self.closed_part,
+            self.closed == 0, self.closed >= CADENCE_BARS, min(self.bar_run, 2), self.line == 0,
+            self.notes > 0,
+            self.last_letter == self.tonic, self.closed_part,
+            self.bars if form.bars else None, self.sections if form.parts else None,
         )  # fmt: skip
 
     def copy(self) -> Music:
@@ -346,7 +353,7 @@ class Music:
         ending = bool(_ENDING.search(piece))
         if ending and self.closed_part and self.bar_run > 0:
             self.sections -= 1  # ":|" then "[2": the first ending, not the end of a part
-        self.closed_part = bool(_SECTION_END.search(piece)) and not ending
+        self.closed_part = bool(SECTION_END.search(piece)) and not ending
         self.sections += self.closed_part
         self.filled, self.pending, self.last, self.broken = 0, None, None, None
         self.has_notes = False
@@ -499,6 +506,8 @@ class MusicRules:
         """Whether, after this bar line, a bar may start or the tune may end: no bar line may
         lead where the form and the ending rule leave no way on. After ``|:``, ``[2`` or a bar
         line with no bar before it (``music_follows``), music must come."""
+        if self.form == Form():
+            return True  # with no form, a bar may always start
         after = music.copy()
         after.close_bar(piece)
         opens = music_follows or piece.endswith(":") or bool(_ENDING.search(piece))
@@ -506,7 +515,7 @@ class MusicRules:
 
     def _section_allowed(self, music: Music, piece: str, bars: int) -> bool:
         """Whether this bar line may close the bar, given the parts and bars asked for."""
-        ends_part = bool(_SECTION_END.search(piece)) and not _ENDING.search(piece)
+        ends_part = bool(SECTION_END.search(piece)) and not _ENDING.search(piece)
         if _ENDING.search(piece):
             return self.form.parts is None and self.form.bars is None or music.bar_run > 0
         parts = self.form.parts
@@ -529,10 +538,12 @@ class MusicRules:
 
     def may_end(self, music: Music) -> bool:
         """Whether the tune may end here (after a line break): on its tonic or at the end of a
-        part (a repeat sign, a double or final bar line), with the bars and parts asked for."""
+        part (a repeat sign, a double or final bar line) in its first ``CADENCE_BARS`` bars,
+        anywhere after them; with the bars and parts asked for."""
         if music.notes == 0 or music.in_group or music.broken is not None:
             return False
-        if music.last_letter != music.tonic and not music.closed_part:
+        cadence = music.last_letter == music.tonic or music.closed_part
+        if not cadence and music.closed < CADENCE_BARS:
             return False
         bars = music.whole_bars(music.bars_with_open())
         if self.form.parts is not None and music.sections < self.form.parts:
@@ -584,7 +595,7 @@ class TuneGrammar:
     # ------------------------------------------------------------------ masks
 
     def allowed(self) -> torch.Tensor | None:
-        key = self.music.key() if self.music is not None else self._header_key()
+        key = self.music.key(self.rules.form) if self.music is not None else self._header_key()
         found = self._cache.get(key)
         if found is None:
             if len(self._cache) > MAX_CACHED_MASKS:
@@ -713,7 +724,7 @@ def _kind(piece: str) -> str:
     """What a piece is to the music: note, bar, tuplet, broken, decoration, or itself."""
     if _NOTE.match(piece):
         return "note"
-    if _BAR.match(piece):
+    if BAR_LINE.fullmatch(piece):
         return "bar"
     if _TUPLET.match(piece):
         return "tuplet"
@@ -762,7 +773,7 @@ def _decoration(music: Music, piece: str) -> None:
 def _tuplet(music: Music, piece: str) -> None:
     match = _TUPLET.match(piece)
     p = int(match.group(1))
-    q = int(match.group(2)) if match.group(2) else _TUPLET_Q.get(p, 3 if music.compound else 2)
+    q = int(match.group(2)) if match.group(2) else TUPLET_Q.get(p, 3 if music.compound else 2)
     music.tuplet_left = int(match.group(3)) if match.group(3) else p
     music.tuplet = (q, p)
 

@@ -41,6 +41,18 @@ _CHORD_SYMBOL = re.compile(
     r"^[A-G][#b]?(?:m|min|maj|dim|aug|sus|M|o|\+)?\d*(?:sus\d|add\d|[#b]\d)*(?:/[A-Ga-g][#b]?)?$"
 )
 _SPACES = re.compile(r"[ \t]+")
+
+BAR_LINE = re.compile(r"\[\||:*\|+[\]:]*\d*|::+\d*|\[\d+")
+"""A bar line: plain, double, final, repeats (``|:`` ``:|`` ``::``), endings (``|1`` ``[2``);
+the same as the ``abc`` tokenizer's bar-line piece."""
+
+SECTION_END = re.compile(r":\||\|\||\|\]|::")
+"""What in a bar line ends a part: an end repeat, a double or a final bar line (a bar line with
+an ending number, ``:|2``, ends a first ending, not a part)."""
+
+TUPLET_Q = {2: 3, 3: 2, 4: 3, 6: 2, 8: 3}
+"""How many notes' time a tuplet of p notes takes, where ``(p`` gives no q (for 5, 7 and 9: 2
+in simple meter, 3 in compound)."""
 _BANG = re.compile(r"(![^!\s|]+!)|!")  # a decoration, or a stray "!" (old ABC's line break)
 _METER = re.compile(r"^\s*(\d+(?:\+\d+)*)\s*/\s*(\d+)\s*$")
 _UNIT = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")

@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from chargen.music.bars import bars
-from chargen.music.notation import body, headers, meter_length
+from chargen.music.notation import BAR_LINE, SECTION_END, body, headers, meter_length
 
-_BAR_LINE = re.compile(r"\[\||:*\|+[\]:]*\d*|::+\d*|\[\d+")
-_SECTION_END = re.compile(r":\||\|\||\|\]|::")
 _NOTE = re.compile(r"(?P<pitch>[_^=]*(?P<letter>[A-Ga-g])(?P<octave>[,']*)|z)(?P<len>\d*/*\d*)")
 _SKIP = re.compile(r'"[^"\n]*"|![^!\n]*!|\{[^}\n]*\}|\[[A-Za-z]:[^\]\n]*\]')
 _STEPS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
@@ -73,12 +71,12 @@ def _parts(music: str) -> int:
     """Sections ended by a repeat sign or a double or final bar line (a first ending's ``:|``
     does not end one), and the music after the last of them, if any."""
     parts, last_end, previous_end = 0, 0, None
-    for match in _BAR_LINE.finditer(music):
+    for match in BAR_LINE.finditer(music):
         text = match.group(0)
         ending = bool(re.search(r"\d", text))
         if ending and previous_end is not None and not music[previous_end : match.start()].strip():
             parts -= 1  # ":|" then "[2": the end of a first ending
-        if _SECTION_END.search(text) and not ending:
+        if SECTION_END.search(text) and not ending:
             parts += 1
             last_end = match.end()
             previous_end = match.end()
@@ -89,8 +87,8 @@ def _parts(music: str) -> int:
 
 def _ends_on_bar_line(music: str) -> bool:
     tail = music.rstrip()
-    ends = [m for m in _BAR_LINE.finditer(tail) if m.end() == len(tail)]
-    return bool(ends) and bool(_SECTION_END.search(ends[-1].group(0)))
+    ends = [m for m in BAR_LINE.finditer(tail) if m.end() == len(tail)]
+    return bool(ends) and bool(SECTION_END.search(ends[-1].group(0)))
 
 
 def _length_name(text: str) -> str:
