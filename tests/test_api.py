@@ -195,6 +195,13 @@ def test_tunes_come_numbered_and_checked(tiny_tunes, tmp_path):
     assert folk.tunes(1, seed=2)[0].check is None  # not checked unless asked
 
 
+def test_the_folk_model_ships_with_chargen_and_a_run_of_yours_comes_first(tiny_tunes, tmp_path):
+    shipped = chargen.load("folk")
+    assert shipped.writes_tunes and shipped.name == "folk"
+    shutil.copytree(tiny_tunes, tmp_path / "checkpoints" / "folk")
+    assert chargen.load("folk").run.path != shipped.run.path
+
+
 def test_a_text_model_writes_no_tunes(bard):
     with pytest.raises(chargen.UsageError, match="is a text model, not a tune model"):
         bard.tunes(1)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from chargen.music import export
+from chargen.music.check import check_tune
 from chargen.music.notation import headers, split_tunes
 from chargen.music.stats import tune_shape
 from tests.abc_fixtures import BROKEN, JIG, REEL, WALTZ, train_tiny_abc
@@ -133,6 +134,24 @@ def test_sample_rhythm_style_and_form_shape_every_tune(folk):
         if record["ended"]:
             fields, shape = headers(record["text"]), tune_shape(record["text"])
             assert (fields["O"], fields["R"], shape.bars, shape.parts) == ("irish", "reel", 8, 2)
+
+
+def test_the_shipped_folk_model_answers_to_its_name_with_no_run_of_that_name(tmp_path):
+    args = ["--rhythm", "jig", "--style", "irish", "--bars", "16", "--parts", "2", "--json"]
+    result = run("sample", "folk", "--num", "2", "--seed", "1", *args)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "checkpoints" / "folk").exists()  # nothing written for it
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 2
+    for record in records:
+        fields, shape = headers(record["text"]), tune_shape(record["text"])
+        assert record["ended"] and check_tune(record["text"]).valid, record
+        assert (fields["O"], fields["R"], shape.bars, shape.parts) == ("irish", "jig", 16, 2)
+
+
+def test_a_shipped_model_is_read_only(tmp_path):
+    message = one_line_error(run("checkpoints", "prune", "folk"))
+    assert "no run named 'folk'" in message
 
 
 def test_a_text_model_asked_for_tunes_says_what_it_is(tmp_path):

@@ -136,7 +136,8 @@ def checkpoints_show(ctx, run, as_json, plot):
     )
     console.print(f"  {'disk':<12} {summary['disk_bytes'] / 1e6:.1f} MB")
     console.print(f"  {'model':<12} {_as_flags(found.info['model'], skip={'vocab_size'})}")
-    console.print(f"  {'training':<12} {_as_flags(found.info['train'])}")
+    word_only = {"vocab_size", "min_freq"} if found.info["train"].get("level") != "word" else set()
+    console.print(f"  {'training':<12} {_as_flags(found.info['train'], skip=word_only)}")
     if metrics:
         console.print("\nValidation loss (nats/token):")
         console.print(loss_chart([m["step"] for m in metrics], [m["val_loss"] for m in metrics]))
@@ -230,7 +231,7 @@ def checkpoints_prune(ctx, runs, all_runs, best_only, force):
     if all_runs:
         found = [r for r in list_runs(where) if r.info.get("status") == "finished"]
     elif runs:
-        found = [resolve_run(name, where) for name in runs]
+        found = [resolve_run(name, where, shipped=False) for name in runs]
     else:
         raise CliError("name the runs to prune, or use --all", 2)
     total = 0

@@ -187,7 +187,7 @@ def start_training(
     store.check_name(name)
     run = None
     if resume:
-        run = store.resolve_run(name, root)
+        run = store.resolve_run(name, root, shipped=False)
         model_config, train_config, corpus = _resumed_configs(run, given or {}, corpus)
     elif not corpus:
         raise UsageError("missing CORPUS: the text to train on")

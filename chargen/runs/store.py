@@ -223,8 +223,17 @@ def find_run_dir(spec: str, root: Path) -> Path:
     return path
 
 
-def resolve_run(spec: str | None, root: Path) -> Run:
-    """A run by name under ``root``, by path to its directory, or the latest if ``spec`` is None."""
+PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
+"""Runs that ship with chargen (``folk``: built by ``benchmarks/music.py --ship``), found by name
+when ``root`` has no run of that name."""
+
+
+def resolve_run(spec: str | None, root: Path, *, shipped: bool = True) -> Run:
+    """A run by name under ``root`` (else, with ``shipped``, one that ships with chargen), by
+    path to its directory, or the latest if ``spec`` is None.
+
+    Callers that change a run (prune, resume) pass ``shipped=False``: a shipped run is read-only.
+    """
     if spec is None:
         runs = list_runs(root)
         if not runs:
@@ -242,6 +251,8 @@ def resolve_run(spec: str | None, root: Path) -> Run:
             raise CheckpointError(f"{spec}: no such run directory")
         return open_run(candidate)
     path = run_path(root, spec)
+    if shipped and not path.is_dir() and (PRETRAINED / spec / RUN_FILE).is_file():
+        return open_run(PRETRAINED / spec)  # a model that ships with chargen
     if not path.is_dir():
         names = [r.name for r in list_runs(root)]
         hint = f"; runs in {root}: {', '.join(names)}" if names else f"; {root} has no runs yet"
