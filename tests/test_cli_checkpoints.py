@@ -22,8 +22,11 @@ def test_show_prints_config_metrics_and_a_loss_chart(corpus):
     result = run("checkpoints", "show", "one")
     assert result.exit_code == 0
     assert "--hidden 24" in result.stderr and "Validation loss" in result.stderr
+    assert "--vocab-size" not in result.stderr  # a word-level option; this run is char level
     shown = json.loads(run("checkpoints", "show", "one", "--json").stdout)
     assert [m["step"] for m in shown["metrics"]] == [10, 20]
+    train(corpus, "words", "--level", "word", "--vocab-size", "50")
+    assert "--vocab-size 50" in run("checkpoints", "show", "words").stderr
 
 
 def test_rm_needs_confirmation_and_yes_deletes(corpus, tmp_path):

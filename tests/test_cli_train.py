@@ -204,3 +204,13 @@ def test_binary_corpus_is_named_as_such(tmp_path):
     path.write_bytes(bytes(range(256)) * 10)
     result = run("train", path, *TINY)
     assert result.exit_code == 1 and "looks like a binary file" in result.stderr
+
+
+def test_a_timed_run_evaluates_about_ten_times_whatever_eval_every_says(corpus, tmp_path):
+    result = run("train", corpus, "--name", "short", *TINY, "--max-steps", "100000",
+                 "--eval-every", "100000", "--time", "2s")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "checkpoints" / "short" / "metrics.jsonl").read_text().splitlines()
+    elapsed = [json.loads(line)["elapsed"] for line in lines]
+    assert 8 <= len(elapsed) <= 12, elapsed  # a curve to plot, not two points
+    assert all(b - a >= 0.2 - 1e-6 for a, b in zip(elapsed, elapsed[1:-1], strict=False))
