@@ -237,6 +237,7 @@ class Model:
         valid_only: bool = False,
         check: bool = False,
         should_stop: Callable[[], bool] = lambda: False,
+        on_done: Callable[[int], None] = lambda count: None,
     ) -> list[Tune]:
         """``num`` complete ABC tunes, numbered from 1, each ended by the model or cut at
         ``length`` tokens.
@@ -246,7 +247,8 @@ class Model:
         music of ``prime``; ``bars`` and ``parts`` ask for a form (16 bars in 2 parts).
         A grammar keeps every tune valid as it is written; ``free`` turns it off (and the
         form with it). ``valid_only`` resamples tunes that fail the check; with it or
-        ``check``, each tune carries its ``TuneCheck``."""
+        ``check``, each tune carries its ``TuneCheck``. ``on_done`` is told how many tunes
+        each step of the generation finished (resampled ones too), for a progress bar."""
         request = _TuneRequest(
             num,
             tune_request(
@@ -267,6 +269,7 @@ class Model:
             valid_only,
             check,
             should_stop,
+            on_done,
         )
         return list(self.iter_tunes(request=request))
 
@@ -308,6 +311,7 @@ class _TuneRequest:
     valid_only: bool = False
     check: bool = False
     should_stop: Callable[[], bool] = lambda: False
+    on_done: Callable[[int], None] = lambda count: None
 
     def __post_init__(self) -> None:
         SampleConfig(self.length, self.temperature, self.top_k, self.top_p, self.num).validate()
@@ -332,6 +336,7 @@ class _TuneRequest:
                 model.device,
                 self.should_stop,
                 first,
+                self.on_done,
             )
 
         if self.valid_only:

@@ -318,8 +318,17 @@ def sample_tunes(model, config, options: TuneOptions, cap: int, temperature: flo
         )
     if options.midi is not None or options.valid_only:
         check_tools(wav=options.wav, svg=options.svg)  # before sampling, not after
+    from chargen.cli.console import counting_progress
+
     tally = _Tally()
-    with stop_on_interrupt() as should_stop, _Exports(options) as exports:
+    bar = counting_progress("Writing tunes", config.num, "tunes ended")
+    with stop_on_interrupt() as should_stop, _Exports(options) as exports, bar as advance:
+        done = [0]
+
+        def on_done(count: int) -> None:
+            done[0] += count
+            advance(min(done[0], config.num))
+
         tunes = model.iter_tunes(
             config.num,
             meter=options.meter,
@@ -337,6 +346,7 @@ def sample_tunes(model, config, options: TuneOptions, cap: int, temperature: flo
             length=cap,
             valid_only=options.valid_only,
             should_stop=should_stop,
+            on_done=on_done,
         )
         parts = (tally.render(tune, exports.write(tune), options.as_json) for tune in tunes)
         write_output(parts, options.output)

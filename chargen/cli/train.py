@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import signal
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -237,16 +238,20 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
     if resume:  # a resumed run keeps its settings; only the options given may change them
         options = {key: value for key, value in options.items() if given(ctx, key)}
     reading = ReadingProgress(corpus) if not quiet and console.is_terminal else None
+    # a corpus too small for bars still takes seconds to read and a model to build: say so
+    quiet_reading = reading is None or reading.progress.disable
+    waiting = console.status("Reading the corpus, building the model...")
     try:
-        session = api.start(
-            list(corpus),
-            name,
-            resume=resume,
-            force=force,
-            checkpoint_dir=checkpoint_dir(ctx),
-            progress=reading.advance if reading else None,
-            **options,
-        )
+        with waiting if not quiet and quiet_reading and console.is_terminal else nullcontext():
+            session = api.start(
+                list(corpus),
+                name,
+                resume=resume,
+                force=force,
+                checkpoint_dir=checkpoint_dir(ctx),
+                progress=reading.advance if reading else None,
+                **options,
+            )
     finally:
         if reading:
             reading.close()

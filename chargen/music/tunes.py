@@ -266,9 +266,11 @@ def generate_tunes(
     device: torch.device | str = "cpu",
     should_stop: Callable[[], bool] = lambda: False,
     first: int = 0,
+    on_done: Callable[[int], None] = lambda count: None,
 ) -> list[Tune]:
     """``config.num`` tunes sampled together, numbers ``first`` onwards of their request (the
-    number picks a tune's random stream); ``config.length`` caps each tune's tokens.
+    number picks a tune's random stream); ``config.length`` caps each tune's tokens;
+    ``on_done`` is told how many tunes a step finished, for a progress bar.
 
     ``spec`` says what is asked of them: headers to impose (e.g. ``{"M": "6/8", "K": "D"}``),
     the music the tune starts with after its K: line, a form, and whether the grammar is off.
@@ -278,7 +280,10 @@ def generate_tunes(
     sequences = tune_sequences(tokenizer, config, spec, first)
     engine = Engine(model, device)
     engine.add(sequences)
-    engine.run(should_stop)
+    while engine.sequences and not should_stop():
+        finished = engine.step()
+        if finished:
+            on_done(len(finished))
     return [sequence.control.tune(sequence) for sequence in sequences]
 
 
