@@ -128,10 +128,16 @@ def test_a_tune_renders_as_sheet_music_and_plays(browser, page):
     Select(browser.find_element(By.ID, "model")).select_by_value("folk")
     assert browser.find_element(By.ID, "tune-view").is_displayed()
     browser.find_element(By.ID, "tune-seed").send_keys("2")
+    Select(browser.find_element(By.ID, "rhythm")).select_by_visible_text("jig")
+    browser.find_element(By.ID, "bars").send_keys("8")
+    browser.find_element(By.ID, "parts").send_keys("2")
     browser.find_element(By.ID, "write-tunes").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".tune .sheet svg .abcjs-note"))
     cards = browser.find_elements(By.CSS_SELECTOR, ".tune")
     assert len(cards) == 2 and "X:1" in cards[0].find_element(By.TAG_NAME, "pre").text
+    for card in cards:  # the rhythm asked for, in the tune and in its caption
+        assert "R:jig" in card.find_element(By.TAG_NAME, "pre").text
+        assert card.find_element(By.CLASS_NAME, "caption").text.split(" · ")[0] == "jig"
     notes = cards[0].find_elements(By.CSS_SELECTOR, ".sheet svg .abcjs-note")
     assert len(notes) > 10
     assert browser.find_element(By.ID, "abcjs-note").is_displayed() is False

@@ -125,10 +125,14 @@ async function writeTunes(event) {
   say("Writing tunes...");
   const body = {
     model: $("model").value, num: number("num") || 1,
-    temperature: number("tune-temperature") ?? 0.5, valid_only: $("valid-only").checked,
+    temperature: number("tune-temperature") ?? 1.0, valid_only: $("valid-only").checked,
+    free: $("free").checked,
   };
-  for (const [field, id] of [["meter", "meter"], ["key", "key"]]) {
-    if ($(id).value.trim()) body[field] = $(id).value.trim();
+  for (const field of ["meter", "key", "rhythm", "style"]) {
+    if ($(field).value.trim()) body[field] = $(field).value.trim();
+  }
+  for (const field of ["bars", "parts"]) {
+    if (number(field) !== null) body[field] = number(field);
   }
   if (number("tune-seed") !== null) body.seed = number("tune-seed");
   try {
@@ -153,7 +157,11 @@ function tuneCard(tune) {
   badge.className = `badge ${tune.valid ? "valid" : "invalid"}`;
   badge.textContent = tune.valid ? "valid" : "invalid";
   heading.append(badge);
-  card.append(heading);
+  const field = (letter) => (tune.abc.match(new RegExp(`^${letter}:(.*)$`, "m")) || [])[1];
+  const caption = document.createElement("p");
+  caption.className = "caption";  // rhythm, tradition, meter, key: what the tune is
+  caption.textContent = ["R", "O", "M", "K"].map(field).filter(Boolean).join(" · ");
+  card.append(heading, caption);
   if (!tune.valid && tune.problems.length) {
     const problems = document.createElement("p");
     problems.className = "problems";
