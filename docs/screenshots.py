@@ -1,6 +1,6 @@
 """Screenshots of the web page for README.md: its text view and its tune view.
 
-    python docs/screenshots.py --checkpoint-dir DIR --text RUN --tunes RUN
+    python docs/screenshots.py --checkpoint-dir DIR --text RUN --tunes folk
 
 Starts ``chargen serve`` over the two runs on 127.0.0.1, drives Debian's chromium through
 Selenium (as the browser tests do), and writes docs/screenshots/text.png and tunes.png.
@@ -62,9 +62,12 @@ def main() -> None:
         wait.until(lambda d: d.find_element(By.ID, "status").text == "Done.")
         driver.save_screenshot(str(OUT / "text.png"))
         Select(driver.find_element(By.ID, "model")).select_by_value(args.tunes)
+        Select(driver.find_element(By.ID, "rhythm")).select_by_visible_text("jig")
+        Select(driver.find_element(By.ID, "style")).select_by_visible_text("irish")
         driver.find_element(By.ID, "meter").send_keys("6/8")
-        driver.find_element(By.ID, "key").send_keys("D")
-        driver.find_element(By.ID, "tune-seed").send_keys("3")
+        driver.find_element(By.ID, "bars").send_keys("16")
+        driver.find_element(By.ID, "parts").send_keys("2")
+        driver.find_element(By.ID, "tune-seed").send_keys("7")
         driver.find_element(By.ID, "write-tunes").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".tune .sheet svg"))
         driver.save_screenshot(str(OUT / "tunes.png"))
