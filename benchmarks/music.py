@@ -3,7 +3,8 @@
 Run on a quiet machine (another busy process slows training many times over):
 
     python benchmarks/music.py --ship          # about 30 minutes: trains, measures, ships
-    python benchmarks/music.py --skip-train    # measures the last run again (about 12 minutes)
+    python benchmarks/music.py --skip-train    # measures the last run again (about 25 minutes)
+    python benchmarks/music.py --requests-only # the requests again (about 1 minute)
 
 Steps, all through the ``chargen`` command line except the figures' arithmetic:
 
@@ -40,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from chargen.music.notation import body, headers, split_tunes  # noqa: E402
+from chargen.music.notation import RHYTHM_METERS, body, headers, split_tunes  # noqa: E402
 from chargen.music.stats import distances, tune_shape  # noqa: E402
 
 CORPUS = ROOT / "corpora" / "folk.abc"
@@ -103,6 +104,7 @@ def measure(path: Path, corpus_profile: dict, env: dict) -> dict:
         "mean_longest_copy_share": round(
             statistics.mean(n["longest_copy"] / max(n["music_chars"], 1) for n in novelty), 4
         ),
+        "in_dance_meter": in_dance_meter(path),
         "stats": found,
         "distance": distances(found, corpus_profile),
         "problems": [p for c in checks for p in c["problems"]][:20],
@@ -118,6 +120,16 @@ def compliance(path: Path, wanted: dict) -> float:
         have = fields | ({"bars": shape.bars, "parts": shape.parts} if shape else {})
         good += all(have.get(k) == v for k, v in wanted.items())
     return good / len(tunes)
+
+
+def in_dance_meter(path: Path) -> float | None:
+    """The share of the tunes with a dance rhythm (R: jig, reel, ...) written in one of its
+    meters (a jig in 6/8 or 12/8); None when there is no such tune."""
+    dances = [headers(t) for t in split_tunes(path.read_text(encoding="utf-8"))]
+    dances = [f for f in dances if f.get("R") in RHYTHM_METERS]
+    if not dances:
+        return None
+    return sum(f.get("M") in RHYTHM_METERS[f["R"]] for f in dances) / len(dances)
 
 
 def train(args, env: dict) -> dict:
@@ -162,12 +174,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--temperatures", nargs="+", default=["0.5", "0.8", "1.0"])
     parser.add_argument("--corpus-sample", type=int, default=1000, help="corpus tunes to check")
+    parser.add_argument("--requests-only", action="store_true",
+                        help="measure the requests again, keep the other figures")  # fmt: skip
     args = parser.parse_args()
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     figures: dict = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
     runs = RESULTS / "music-checkpoints"  # kept (not committed), so that --skip-train can measure
     env = os.environ | {"CHARGEN_CHECKPOINTS": str(runs)}
+    if args.requests_only:
+        figures = json.loads((RESULTS / "music-latest.json").read_text())
+        with tempfile.TemporaryDirectory(prefix="chargen-music-") as scratch:
+            figures["requests"] = requests(args, Path(scratch), env)
+        (RESULTS / "music-latest.json").write_text(json.dumps(figures, indent=2) + "\n")
+        return report(figures)
     with tempfile.TemporaryDirectory(prefix="chargen-music-") as scratch:
         work = Path(scratch)
         figures["corpus"] = json_lines(
@@ -208,6 +228,7 @@ def requests(args, work: Path, env: dict) -> dict:
         found[name] = timing | {
             "valid": checks[-1]["summary"]["valid"],
             "as_asked": round(compliance(path, wanted), 3),
+            "in_dance_meter": in_dance_meter(path),
             "opening_kept": sum(body(t).startswith("A|dfa") for t in split_tunes(path.read_text()))
             if "--prime" in options
             else None,
@@ -241,7 +262,9 @@ def report(figures: dict) -> None:
     print(f"corpus: bars {c['bars_median']}, final bar {c['final_bar']:.0%}, "
           f"tonic {c['tonic_end']:.0%}", file=sys.stderr)  # fmt: skip
     for name, found in figures["requests"].items():
-        print(f"{name}: {found['as_asked']:.0%} as asked, {found['valid']} valid",
+        meter = found.get("in_dance_meter")
+        print(f"{name}: {found['as_asked']:.0%} as asked, {found['valid']} valid"
+              + (f", {meter:.0%} in a meter of their rhythm" if meter is not None else ""),
               file=sys.stderr)  # fmt: skip
     print(f"corpus ceiling: {figures['corpus_ceiling']['valid_fraction']:.1%}", file=sys.stderr)
     print(f"wrote {RESULTS / 'music-latest.json'}", file=sys.stderr)

@@ -107,6 +107,18 @@ def test_abc_check_of_a_binary_file_is_a_one_line_error(tmp_path):
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
 
 
+def test_abc_stats_gives_shares_as_percentages_and_distances_to_a_corpus(tmp_path):
+    tunes = tmp_path / "tunes.abc"
+    tunes.write_text(JIG + "\n\n" + WALTZ + "\n", encoding="utf-8")  # both end on a final bar
+    table = run("abc", "stats", tunes)
+    assert table.exit_code == 0, table.output
+    row = next(line for line in table.stderr.splitlines() if "final bar line" in line)
+    assert "100%" in row
+    both = json.loads(run("abc", "stats", tunes, "--corpus", tunes, "--json").stdout)
+    assert both["file"]["final_bar"] == 1.0 and both["file"]["bars_median"] == 8
+    assert both["distance"]["final_bar"] == 0 and both["distance"]["bars_median"] == 0
+
+
 # --------------------------------------------------------------------------------- sample
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from chargen.errors import UsageError
 from chargen.music.check import check_tune
 from chargen.music.grammar import CADENCE_BARS, Form, TuneGrammar, check_prime, ticks
+from chargen.music.notation import DANCE_STYLES, RHYTHM_METERS
 from chargen.music.stats import tune_shape
 from tests.abc_fixtures import GOOD, corpus_of
 from tests.helpers import tokenizer_for
@@ -25,7 +26,15 @@ M:2/4
 L:1/16
 K:Ador
 A2|:(3cBA e>d c2B2|[1A4 A2:|[2A4 z2|]"""
-TOKENIZER = tokenizer_for(corpus_of([*GOOD, EXTRA], 20), "abc")
+SONG = """X:10
+O:german
+R:song
+T:Lied
+M:3/4
+L:1/4
+K:F
+C|F2 A|c2 A|G2 F|]"""
+TOKENIZER = tokenizer_for(corpus_of([*GOOD, EXTRA, SONG], 20), "abc")
 NEWLINE = TOKENIZER.id_of("\n")
 
 
@@ -82,6 +91,23 @@ def test_requested_headers_are_written_in_order(seed):
     assert lines[1:3] == ["O:irish", "R:reel"] and lines[4] == "M:3/4" and lines[6] == "K:Am"
     title = lines[3][2:]
     assert title and not title[0].isdigit()
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rhythm=st.sampled_from(["jig", "reel", "strathspey"]))
+def test_a_dance_is_written_in_a_meter_and_a_tradition_of_its_rhythm(seed, rhythm):
+    text, _, _ = walk(seed, Form(), {"R": rhythm})
+    fields = dict((line[0], line[2:]) for line in text.split("\n")[1:7])
+    assert fields["M"] in RHYTHM_METERS[rhythm], text
+    assert fields.get("O", "irish") in DANCE_STYLES, text
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), meter=st.sampled_from(["6/8", "3/4", "2/4"]))
+def test_a_meter_asked_for_gets_a_rhythm_written_in_it(seed, meter):
+    text, _, _ = walk(seed, Form(), {"M": meter})
+    fields = dict((line[0], line[2:]) for line in text.split("\n")[1:7])
+    assert meter in RHYTHM_METERS.get(fields.get("R"), (meter,)), text
 
 
 def test_a_value_the_model_never_wrote_is_refused_naming_those_it_knows():

@@ -239,9 +239,9 @@ def abc_stats(file, corpus_file, as_json):
     columns = ["figure", Path(file).name] + ([Path(corpus_file).name, "distance"] if corpus else [])
     rows = []
     for name, key in _STATS_ROWS:
-        row = [name, _stat(found.get(key))]
+        row = [name, _stat(key, found.get(key))]
         if corpus:
-            row += [_stat(corpus.get(key)), _distance(key, apart.get(key))]
+            row += [_stat(key, corpus.get(key)), _distance(key, apart.get(key))]
         rows.append(row)
     console.print(table(f"{found['tunes']:,} tunes", columns, rows))
 
@@ -268,14 +268,17 @@ def _distance(key: str, value) -> str:
     return f"{value:+g}"
 
 
-def _stat(value) -> str:
+_SHARES = ("repeats", "final_bar", "tonic_end")  # figures that are fractions of the tunes
+
+
+def _stat(key: str, value) -> str:
     if value is None:
         return "-"
     if isinstance(value, dict):
         return ", ".join(f"{k}: {v:.0%}" for k, v in list(value.items())[:5])
     if isinstance(value, list):
         return " / ".join(f"{v:g}" for v in value)
-    if isinstance(value, float) and 0 <= value <= 1 and not value.is_integer():
+    if key in _SHARES:
         return f"{value:.0%}"
     return f"{value:g}"
 

@@ -34,7 +34,9 @@ from chargen.errors import UsageError
 from chargen.music.bars import STRUCTURAL
 from chargen.music.notation import (
     BAR_LINE,
+    DANCE_STYLES,
     HEADER_ORDER,
+    RHYTHM_METERS,
     RHYTHMS,
     SECTION_END,
     TUPLET_Q,
@@ -584,6 +586,13 @@ class TuneGrammar:
         self.requested = {
             letter: self.v.value_id(letter, value) for letter, value in requested.items()
         }
+        self.dance = requested.get("R") in RHYTHM_METERS  # asked for a dance: a style that has it
+        meter = requested.get("M")  # asked for a meter: a rhythm that has it
+        self.rhythms = (
+            None
+            if meter is None
+            else [r for r in RHYTHMS if meter in RHYTHM_METERS.get(r, (meter,))]
+        )
         self.rules = MusicRules(self.v, form)
         self.header = Header()
         self.music: Music | None = None
@@ -610,8 +619,8 @@ class TuneGrammar:
 
     def _header_key(self) -> tuple:
         h = self.header
-        meter = h.values.get("M") if h.letter == "L" else None
-        return ("header", h.phase, h.letter, min(h.tokens, MAX_TITLE_TOKENS), h.seen, meter)
+        before = h.values.get({"L": "M", "M": "R"}.get(h.letter, ""))  # what the value depends on
+        return ("header", h.phase, h.letter, min(h.tokens, MAX_TITLE_TOKENS), h.seen, before)
 
     def _header_mask(self) -> np.ndarray:
         h, v = self.header, self.v
@@ -628,14 +637,32 @@ class TuneGrammar:
                 return newline
             return (v.title | newline) if h.tokens else v.title_first
         if h.phase == "value":
-            if h.letter in self.requested:
-                return v.mask([self.requested[h.letter]])
-            if h.letter == "L":
-                return v.values["L"] & v.units_for(h.values.get("M", ""))
-            return v.values[h.letter]
+            return self._value_mask()
         if h.phase == "eol":
             return newline
         return v.mask(v.fields[f] for f in self._next_fields() if f in v.fields)
+
+    def _value_mask(self) -> np.ndarray:
+        """The values the field being written may take: the one asked for, else those the
+        vocabulary has for it that fit what is written or asked (a jig's meter, a dance's
+        tradition, a rhythm of the meter asked for), or all of them where none fits."""
+        h, v = self.header, self.v
+        if h.letter in self.requested:
+            return v.mask([self.requested[h.letter]])
+        if h.letter == "L":
+            return v.values["L"] & v.units_for(h.values.get("M", ""))
+        fitting = None
+        if h.letter == "M" and h.values.get("R") in RHYTHM_METERS:
+            fitting = RHYTHM_METERS[h.values["R"]]
+        elif h.letter == "O" and self.dance:
+            fitting = DANCE_STYLES
+        elif h.letter == "R":
+            fitting = self.rhythms
+        if fitting is not None:
+            mask = v.values[h.letter] & v.mask(v.ids[x] for x in fitting if x in v.ids)
+            if mask.any():
+                return mask
+        return v.values[h.letter]
 
     def _next_fields(self) -> str:
         """Fields that may start the next header line: any later in the order, up to the first

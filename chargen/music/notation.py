@@ -168,6 +168,27 @@ rhythms music21's collections have at least twenty tunes of (counts in docs/musi
 three waltzes, two slides, one march, and no polka or mazurka."""
 
 
+RHYTHM_METERS = {
+    "reel": ("C|", "2/2", "C", "4/4", "2/4"),
+    "jig": ("6/8", "12/8"),
+    "slip jig": ("9/8",),
+    "hornpipe": ("C|", "2/2", "C", "4/4", "2/4"),
+    "strathspey": ("C", "4/4", "C|", "2/2"),
+}
+"""The meters a dance rhythm is written in: a jig in 3/4 is no jig. Counted in corpora/folk.abc
+(2026-11-30): 450 of 483 jigs are in 6/8 (22 in 9/8, 11 in 2/4 or C|), all 91 slip jigs in 9/8,
+reels 402 in C| and 241 in 2/4, hornpipes 233 in 2/4 and 227 in C|, strathspeys 34 in C and 13
+in C|. Airs and songs take any meter."""
+
+
+DANCE_STYLES = ("irish", "american")
+"""The traditions in which the corpus has the rhythms of ``RHYTHM_METERS``: in corpora/folk.abc
+every reel, jig, slip jig, hornpipe and strathspey but two hornpipes is Irish or American
+(Aird's Scottish airs and the English tunes have no R:, the German and Chinese tunes are all
+songs). A dance asked for without a style gets one of these; ``--style scottish`` still asks
+for a Scottish one."""
+
+
 def rhythm_of(value: str) -> str | None:
     """The rhythm an R: value names (a key of ``RHYTHMS``), or None where it names none."""
     squeezed = " ".join(re.sub(r"[-\]\[]", " ", value.lower()).split())
