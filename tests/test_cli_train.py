@@ -206,11 +206,18 @@ def test_binary_corpus_is_named_as_such(tmp_path):
     assert result.exit_code == 1 and "looks like a binary file" in result.stderr
 
 
-def test_a_timed_run_evaluates_about_ten_times_whatever_eval_every_says(corpus, tmp_path):
+def test_a_timed_run_has_a_loss_curve_without_more_evaluations(corpus, tmp_path):
     result = run("train", corpus, "--name", "short", *TINY, "--max-steps", "100000",
                  "--eval-every", "100000", "--time", "2s")  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "checkpoints" / "short" / "metrics.jsonl").read_text().splitlines()
-    elapsed = [json.loads(line)["elapsed"] for line in lines]
-    assert 8 <= len(elapsed) <= 12, elapsed  # a curve to plot, not two points
+    metrics = [json.loads(line) for line in lines]
+    assert sum("val_loss" in m for m in metrics) == 1  # the final evaluation only
+    assert 9 <= len(metrics) <= 12, metrics  # a curve to plot, not two points
+    elapsed = [m["elapsed"] for m in metrics]
     assert all(b - a >= 0.2 - 1e-6 for a, b in zip(elapsed, elapsed[1:-1], strict=False))
+    assert all(m["train_loss"] > 0 for m in metrics)
+    shown = run("checkpoints", "show", "short")  # reads lines with and without validation
+    assert shown.exit_code == 0 and "Validation loss" in shown.stderr, shown.output
+    as_json = json.loads(run("checkpoints", "show", "short", "--json").stdout)
+    assert as_json["metrics"] == metrics

@@ -138,9 +138,12 @@ def checkpoints_show(ctx, run, as_json, plot):
     console.print(f"  {'model':<12} {_as_flags(found.info['model'], skip={'vocab_size'})}")
     word_only = {"vocab_size", "min_freq"} if found.info["train"].get("level") != "word" else set()
     console.print(f"  {'training':<12} {_as_flags(found.info['train'], skip=word_only)}")
-    if metrics:
+    evaluations = [m for m in metrics if "val_loss" in m]
+    if evaluations:
         console.print("\nValidation loss (nats/token):")
-        console.print(loss_chart([m["step"] for m in metrics], [m["val_loss"] for m in metrics]))
+        console.print(
+            loss_chart([m["step"] for m in evaluations], [m["val_loss"] for m in evaluations])
+        )
 
 
 def _as_flags(config: dict, skip: frozenset | set = frozenset()) -> str:
@@ -168,9 +171,10 @@ def _plot(metrics: list[dict], path: str, title: str) -> None:
             "--plot needs matplotlib: pip install matplotlib (or chargen[plot])", 1
         ) from None
     figure, axes = plt.subplots(figsize=(7, 4))
-    steps = [m["step"] for m in metrics]
-    axes.plot(steps, [m["train_loss"] for m in metrics], label="train")
-    axes.plot(steps, [m["val_loss"] for m in metrics], label="validation")
+    evaluations = [m for m in metrics if "val_loss" in m]  # other lines: training loss only
+    axes.plot([m["step"] for m in metrics], [m["train_loss"] for m in metrics], label="train")
+    axes.plot([m["step"] for m in evaluations], [m["val_loss"] for m in evaluations],
+              marker="o", label="validation")  # fmt: skip
     axes.set(xlabel="step", ylabel="loss (nats/token)", title=title)
     axes.legend()
     figure.tight_layout()

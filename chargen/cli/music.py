@@ -1,5 +1,5 @@
-"""The music commands: ``chargen corpus folk``, ``chargen abc check``, and the tunes that
-``chargen sample`` writes for a tune model (``sample_tunes``).
+"""The music commands: ``chargen corpus folk``, ``chargen abc check`` and ``abc stats``, and the
+tunes that ``chargen sample`` writes for a tune model (``sample_tunes``).
 
 Like every command module, it parses options, calls the library (``chargen.music``, the model's
 ``tunes``) and renders the results; music21 and torch are imported inside commands so that

@@ -117,15 +117,23 @@ class TrainingSession:
         end (rank 0 only), then close the workers and the process group. Returns how it ended."""
         trainer = self.trainer
         started, tokens_before = time.perf_counter(), trainer.state.tokens_seen
+        curve = _LossCurve(self) if self.is_main else None  # rank 0 writes the run's files
+
+        def stepped(t: Trainer) -> None:
+            if curve is not None:
+                curve.stepped()
+            if on_step:
+                on_step(t)
 
         def evaluated(t: Trainer, result: Score | None) -> None:
-            if self.is_main:
-                save_checkpoint(self, result, status="training")
+            if curve is not None:  # rank 0
+                save_checkpoint(self, result, status="training", train_loss=curve.mean)
+                curve.evaluated()
             if on_eval:
                 on_eval(t, result)
 
         try:
-            state = trainer.run(on_step, evaluated, should_stop)
+            state = trainer.run(stepped, evaluated, should_stop)
             status = "interrupted" if state.stop_reason == "interrupted" else "finished"
             if self.is_main:
                 save_checkpoint(self, None, status=status)
@@ -377,22 +385,57 @@ def _corpus_info(corpus: list[str], arrays) -> dict[str, Any]:
     }
 
 
-def save_checkpoint(session: TrainingSession, result: Score | None, status: str) -> None:
-    """Save best weights if the last evaluation improved, then the resumable last state."""
+class _LossCurve:
+    """Points of the training loss between evaluations: every tenth of a timed run, the mean
+    loss of the steps since the last point goes to metrics.jsonl (without validation figures),
+    so that a short run has a curve to plot without paying for more evaluations."""
+
+    def __init__(self, session: TrainingSession):
+        self.session = session
+        self.limit = session.trainer.config.time_limit
+        self.last = session.trainer.state.elapsed
+        self.total, self.steps = 0.0, 0
+
+    def stepped(self) -> None:
+        state = self.session.trainer.state
+        self.total, self.steps = self.total + state.loss, self.steps + 1
+        if self.limit and state.elapsed - self.last >= self.limit / 10:
+            store.append_metrics(self.session.run, _metrics_line(self.session.trainer, self.mean))
+            self.evaluated()
+
+    def evaluated(self) -> None:
+        self.last, self.total, self.steps = self.session.trainer.state.elapsed, 0.0, 0
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.steps if self.steps else None
+
+
+def _metrics_line(trainer: Trainer, train_loss: float) -> dict[str, Any]:
+    state = trainer.state
+    return {
+        "step": state.step,
+        "tokens_seen": state.tokens_seen,
+        "elapsed": round(state.elapsed, 3),
+        "train_loss": train_loss,
+        "lr": trainer.learning_rate(),
+    }
+
+
+def save_checkpoint(
+    session: TrainingSession, result: Score | None, status: str, train_loss: float | None = None
+) -> None:
+    """Save best weights if the last evaluation improved, then the resumable last state.
+    ``train_loss`` is the mean over the steps since the last point (else the last step's)."""
     trainer, run = session.trainer, session.run
     if result is not None:
-        state = trainer.state
         store.append_metrics(
             run,
-            {
-                "step": state.step,
-                "tokens_seen": state.tokens_seen,
-                "elapsed": round(state.elapsed, 3),
-                "train_loss": state.loss,
+            _metrics_line(trainer, trainer.state.loss if train_loss is None else train_loss)
+            | {
                 "val_loss": result.nats_per_token,
                 "val_bpc": result.bits_per_char,
                 "val_tokens": result.tokens,
-                "lr": trainer.learning_rate(),
             },
         )
         if trainer.improved:

@@ -8,7 +8,7 @@ A run is one self-contained directory::
       best.safetensors    weights with the lowest validation loss
       last.safetensors    latest weights plus everything --resume needs: optimizer moments,
                           carried hidden state, RNG state, and the TrainState in its metadata
-      metrics.jsonl       one JSON object per evaluation
+      metrics.jsonl       one JSON object per evaluation, and per tenth of a timed run
 
 Every file is written to a temporary file and renamed into place, so a crash leaves the previous
 version whole. Tensors are stored in safetensors and nothing is ever unpickled. This is the only
@@ -411,8 +411,8 @@ METRICS_LIMIT = 256 << 20  # bytes: a line per evaluation; a million evaluations
 
 
 def read_metrics(run: Run) -> list[dict[str, Any]]:
-    """The evaluations recorded so far; lines that are not evaluations (a torn last line, a
-    tampered one) are skipped."""
+    """The points recorded so far: evaluations, and training-loss points without ``val_loss``;
+    lines that are neither (a torn last line, a tampered one) are skipped."""
     path = run.file(METRICS_FILE)
     if not path.exists() and not path.is_symlink():
         return []
@@ -425,6 +425,7 @@ def read_metrics(run: Run) -> list[dict[str, Any]]:
         if isinstance(record, dict) and all(
             isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool)
             for k in ("step", "train_loss", "val_loss")
+            if k in record or k != "val_loss"
         ):
             records.append(record)
     return records

@@ -281,15 +281,13 @@ class Trainer:
         on_eval: Callable[[Trainer, Score | None], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> TrainState:
-        """Train until a limit, patience or ``should_stop``; evaluate every ``eval_every`` steps,
-        at least ten times in a ``time_limit`` (so that a short run has a curve to plot), and
-        once at the end. Returns the state, with ``stop_reason`` set."""
+        """Train until a limit, patience or ``should_stop``; evaluate every ``eval_every`` steps
+        and once at the end. Returns the state, with ``stop_reason`` set."""
         self.model.train()
         state = self.state
         state.stop_reason = None
         started, elapsed_before = time.perf_counter(), state.elapsed
         last_eval_step = state.step if state.val_loss is not None else -1
-        last_eval_time = state.elapsed
         while True:
             reason = self._agreed_stop(should_stop)
             if reason is not None:
@@ -301,9 +299,9 @@ class Trainer:
             state.elapsed = elapsed_before + now - started
             if on_step:
                 on_step(self)
-            if state.step % self.config.eval_every == 0 or self._eval_due(last_eval_time):
+            if state.step % self.config.eval_every == 0:
                 result = self.evaluate()
-                last_eval_step, last_eval_time = state.step, state.elapsed
+                last_eval_step = state.step
                 self._gather_hidden()
                 if on_eval:
                     on_eval(self, result)
@@ -318,14 +316,6 @@ class Trainer:
         self._gather_hidden()
         state.stop_reason = reason
         return state
-
-    def _eval_due(self, last_eval_time: float) -> bool:
-        """A tenth of the time limit has passed since the last evaluation (one process only:
-        processes of a distributed run keep their own clocks, and evaluate together)."""
-        limit = self.config.time_limit
-        if not limit or self.world.active:
-            return False
-        return self.state.elapsed - last_eval_time >= limit / 10
 
     def _agreed_stop(self, should_stop: Callable[[], bool]) -> str | None:
         """Why to stop now, if at all. Step limits are the same everywhere; the clock and
