@@ -45,6 +45,9 @@ BROKEN = {
     # what priming with a whole "X:1" line made: the model went on writing the number
     "stray number": "X:11\n51\nT:Stray\nM:3/4\nL:1/8\nK:G\nG2 B2 d2|g6|]",
     "number for a title": "X:12\nT:9\nM:3/4\nL:1/8\nK:G\nG2 B2 d2|g6|]",
+    # what abcm2ps refuses to engrave ("Bad tie", "Note too much dotted")
+    "tie to another note": "X:13\nT:Bad Tie\nM:3/4\nL:1/8\nK:G\nG2 B2- d2|g6|]",
+    "length of no single note": "X:14\nT:Five\nM:3/4\nL:1/8\nK:G\nG5 B|g6|]",
 }
 """What is wrong with each, by name; the checker must say so."""
 

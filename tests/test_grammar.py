@@ -25,7 +25,7 @@ T:Extra
 M:2/4
 L:1/16
 K:Ador
-A2|:(3cBA e>d c2B2|[1A4 A2:|[2A4 z2|]"""
+A2|:(3cBA e>d c2B2|[1A4 A2:|[2A4-A2|]"""
 SONG = """X:10
 O:german
 R:song

@@ -84,6 +84,8 @@ def test_known_good_tunes_pass_the_check():
         ("no music", "no music"),
         ("stray number", "line 2 is neither a header field nor music: '51'"),
         ("number for a title", "the title is only a number: T:9"),
+        ("tie to another note", "a tie from B to d"),
+        ("length of no single note", "G5: a length no single note has"),
     ],
 )
 def test_broken_tunes_fail_the_check_saying_why(name, problem):

@@ -14,6 +14,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 
 from chargen.errors import MusicError
 from chargen.music.bars import bar_problems, bars
@@ -21,6 +22,7 @@ from chargen.music.notation import (
     FIELD_LINE,
     REQUIRED_HEADERS,
     body,
+    engravable,
     headers,
     key_readable,
     meter_length,
@@ -132,6 +134,8 @@ def check_tune(tune: str, number: int = 1, parse: bool = True, timeout: float = 
         check.problems.append("no music")
     for bar_number, problem in bar_problems(measured):
         check.problems.append(f"bar {bar_number}: {problem}")
+    check.problems += tie_problems(body(tune))
+    check.problems += length_problems(body(tune))
     # music21 only for tunes that pass every check above: its opinion cannot save a tune that
     # fails them, and an absurd tune can make it take seconds and gigabytes.
     if parse and not check.problems:
@@ -144,6 +148,60 @@ def check_tune(tune: str, number: int = 1, parse: bool = True, timeout: float = 
             check.parsed = False
             check.problems.append(str(exc))
     return check
+
+
+_TIE_TOKENS = re.compile(
+    r'"[^"\n]*"|![^!\n]*!|\[[A-Za-z]:[^\]\n]*\]|\[[\d|]|[_^=]*[A-Ga-gz][,\']*|[-\[\]{}]'
+)  # what is skipped (chord symbols, decorations, inline fields, endings), notes, ties, groups
+
+
+def tie_problems(music: str) -> list[str]:
+    """Ties that do not join a note to the same note (``B-d``, a tie before a rest, a chord or
+    the end): engravers such as abcm2ps refuse them ("Bad tie"). The same note is its letter and
+    octave with its accidental or none; ties after chords are not followed."""
+    problems, last, tied, depth = [], None, None, 0
+    for match in _TIE_TOKENS.finditer(music):
+        token = match.group()
+        if token[0] in '"![' and len(token) > 1:
+            continue
+        if token in "[{":
+            if tied is not None and token == "[":
+                problems.append(f"a tie from {tied} to a chord")
+                tied = None
+            depth += 1
+        elif token in "]}":
+            depth, last = max(depth - 1, 0), None
+        elif token == "-":
+            tied = last if depth == 0 else None
+        elif depth == 0:
+            if tied is not None and not _same_note(tied, token):
+                problems.append(f"a tie from {tied} to {token}")
+            last, tied = (None if token == "z" else token), None
+    if tied is not None:
+        problems.append(f"a tie from {tied} to nothing")
+    return problems
+
+
+_NOTE_LENGTH = re.compile(r'"[^"\n]*"|![^!\n]*!|(?:[_^=]*[A-Ga-gz][,\']*|\])(\d+)(/*)(\d*)')
+
+
+def length_problems(music: str) -> list[str]:
+    """Notes no engraver can write as one note: ``F5`` (five units: neither plain, dotted nor
+    double-dotted) needs two tied notes on the page; abcm2ps refuses it."""
+    problems = []
+    for match in _NOTE_LENGTH.finditer(music):
+        top, slashes, bottom = match.groups()
+        if top is None or len(slashes) > 1 or bottom == "0" or top == "0":
+            continue
+        value = Fraction(int(top), int(bottom) if bottom else 2 ** len(slashes))
+        if not engravable(value):
+            problems.append(f"{match.group()}: a length no single note has")
+    return problems
+
+
+def _same_note(tied: str, note: str) -> bool:
+    bare = tied.lstrip("_^=")
+    return note in (tied, bare) if bare != tied else note == tied
 
 
 def _stray_lines(tune: str) -> list[str]:

@@ -175,5 +175,7 @@ def _run_tool(command: list[str], output: Path | None, timeout: float = 120.0) -
     except subprocess.TimeoutExpired:
         raise MusicError(f"{command[0]} took more than {timeout:g}s") from None
     if done.returncode != 0 or (output is not None and not output.is_file()):
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise MusicError(f"{command[0]} failed: {detail[-1] if detail else done.returncode}")
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        errors = [line for line in lines if "error" in line.lower()]  # not its warnings
+        detail = (errors or lines or [f"exit status {done.returncode}"])[0 if errors else -1]
+        raise MusicError(f"{command[0]} failed: {detail}")

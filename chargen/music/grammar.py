@@ -42,6 +42,7 @@ from chargen.music.notation import (
     TUPLET_Q,
     compound,
     default_unit,
+    engravable,
     key_readable,
     meter_length,
     unit_length,
@@ -121,7 +122,18 @@ class Vocabulary:
         self.kinds = [_kind(p) for p in pieces]
         self.multipliers = dict(self.durations)
         self._scaled: dict[int, tuple] = {}
+        self._same: dict[str, np.ndarray] = {}
         self._fillable: dict[tuple, bool] = {}
+
+    def same_pitch(self, piece: str) -> np.ndarray:
+        """Notes that repeat ``piece`` after a tie: its letter and octave, with its accidental
+        or none (an accidental holds through the bar, and a tied note keeps its own)."""
+        found = self._same.get(piece)
+        if found is None:
+            accidental, rest = re.match(r"([_^=]*)(.*)", piece).groups()
+            found = self.where(lambda p: p in (rest, piece) if accidental else p == rest)
+            self._same[piece] = found
+        return found
 
     def scaled(self, base: int) -> tuple[tuple[int | None, int], ...]:
         """(duration token, length) of a note of ``base`` ticks with each multiplier that gives
@@ -213,7 +225,7 @@ def _durations(pieces) -> list[tuple[int, Fraction]]:
         value = Fraction(int(top or 1), int(bottom) if bottom else 2 ** len(slashes))
         if value <= 8 and value.denominator <= 8:
             found.append((i, value))
-    return found
+    return [(i, value) for i, value in found if engravable(value)]
 
 
 def _header_values(pieces) -> dict[str, np.ndarray]:
@@ -271,6 +283,8 @@ class Music:
     slurs: int = 0
     spaced: bool = False  # the last token was a space
     after_note: bool = False  # the last token ended a note or chord (a tie or > may follow)
+    pitch: str | None = None  # the last single note, if it was the last note (not a chord, rest)
+    tied: str | None = None  # after a tie: the note the next one must repeat
     has_notes: bool = False  # the current bar has notes
     opens_structural: bool = False  # the current bar opened with a repeat, ending, double bar
     closed: int = 0  # bars closed with notes in them
@@ -289,7 +303,8 @@ class Music:
         return (
             self.meter, self.unit, self.filled, self.pending, self.last, self.broken,
             self.tuplet_left, self.tuplet, self.chord, self.grace, self.lead,
-            self.slurs, self.spaced, self.after_note, self.has_notes, self.opens_structural,
+            self.slurs, self.spaced, self.after_note, self.pitch is not None, self.tied,
+            self.has_notes, self.opens_structural,
             self.closed == 0, self.closed >= CADENCE_BARS, min(self.bar_run, 2), self.line == 0,
             self.notes > 0,
             self.last_letter == self.tonic, self.closed_part,
@@ -417,22 +432,32 @@ class MusicRules:
     def _free(self, music: Music) -> np.ndarray:
         """Between notes: what may start, follow or end here."""
         note = self._note_fits(music)
-        mask = self.v.note & note
-        self._allow(mask, "[", note)
-        if music.lead:
-            return mask
+        if music.tied is not None:  # the tied note again: no other note, rest, chord or grace
+            mask = self.v.same_pitch(music.tied) & note
+            if music.lead:
+                return mask
+        else:
+            mask = self.v.note & note
+            self._allow(mask, "[", note)
+            if music.lead:
+                return mask
+            self._allow(mask, "{", note and music.broken is None)
         after_note = music.after_note and music.last is not None
         if note and music.broken is None:
             mask |= self.decorations
-            self._allow(mask, "{", True)
             self._allow(mask, "(", music.slurs < MAX_SLURS)
             if music.tuplet_left == 0:
                 mask |= self._tuplets(music)
         self._allow(mask, ")", music.slurs > 0 and after_note)
-        self._allow(mask, "-", after_note and music.broken is None)
+        # a tie only where the same note can follow in this bar: a tie across a bar line could
+        # meet a bar line the form requires to end a part
+        tie = after_note and note and music.broken is None and music.pitch is not None
+        self._allow(mask, "-", tie)
         if music.broken is not None:
             return mask  # a broken rhythm's second note
         self._allow(mask, " ", music.line > 0 and not music.spaced)
+        if music.tied is not None:
+            return mask  # the tied note comes next: no bar line, line break or broken rhythm
         if after_note and music.tuplet_left == 0:
             mask |= self._broken(music)
         if not music.in_group:
@@ -772,6 +797,8 @@ def _note(music: Music, piece: str) -> None:
         music.grace += 1
     else:
         music.pending = music.start_note()
+        music.pitch = None if piece == "z" else piece
+        music.tied = None
 
 
 def _chord_open(music: Music, piece: str) -> None:
@@ -782,6 +809,7 @@ def _chord_open(music: Music, piece: str) -> None:
 def _chord_close(music: Music, piece: str) -> None:
     music.chord = -1
     music.pending = music.chord_base
+    music.pitch = None  # no tie after a chord: its notes would each need their own
 
 
 def _grace_open(music: Music, piece: str) -> None:
@@ -839,8 +867,13 @@ def _ignore(music: Music, piece: str) -> None:
     pass
 
 
+def _tie(music: Music, piece: str) -> None:
+    music.tied = music.pitch
+
+
 _MUSIC_STEPS = {
     "note": _note,
+    "-": _tie,
     "bar": Music.close_bar,
     "tuplet": _tuplet,
     "broken": _broken,

@@ -374,3 +374,13 @@ def unit_length(value: str) -> Fraction | None:
     if int(match.group(2)) not in NOTE_VALUES:
         return None
     return Fraction(int(match.group(1)), int(match.group(2)))
+
+
+def engravable(value: Fraction) -> bool:
+    """Whether a note of ``value`` units (a power of two long) is one note on the page: plain,
+    dotted or double-dotted (1, 3 or 7 times a power of two). ``F5`` is no such note:
+    abcm2ps refuses it ("Note too much dotted"); the corpus has none."""
+    odd = value.numerator
+    while odd % 2 == 0:
+        odd //= 2
+    return odd in (1, 3, 7)
