@@ -8,7 +8,7 @@ import time
 import pytest
 
 from chargen.runs import store as checkpoint
-from tests.cli_helpers import TINY, run, train
+from tests.cli_helpers import TINY, one_line_error, run, train
 
 
 def test_train_writes_a_self_contained_run_and_a_json_summary(corpus, tmp_path):
@@ -50,6 +50,14 @@ def test_resume_continues_from_the_saved_step(corpus, tmp_path):
     result = run("train", "--name", "bard", "--resume", "--max-steps", "30", "--quiet", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["steps"] == 30
+
+
+def test_a_resume_with_nothing_left_to_train_says_how_to_train_more(corpus, tmp_path):
+    train(corpus, "bard")  # 20 steps
+    before = (tmp_path / "checkpoints" / "bard" / "run.json").read_bytes()
+    message = one_line_error(run("train", "--name", "bard", "--resume", "--max-steps", "20"), (2,))
+    assert "at step 20 already" in message and "--max-steps 40" in message
+    assert (tmp_path / "checkpoints" / "bard" / "run.json").read_bytes() == before
 
 
 def test_resume_refuses_to_change_the_model(corpus):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 
 import httpx
@@ -440,3 +441,14 @@ def test_the_page_plays_notes_the_server_synthesises(url):
         assert sound.getnchannels() == 1 and sound.getframerate() == 22_050
         assert sound.getnframes() == 2 * 22_050
     assert httpx.get(f"{url}/assets/soundfont/x-mp3/Q9.mp3").status_code == 404
+
+
+def test_serve_without_names_serves_your_runs_and_the_shipped_ones(tmp_path, runs):
+    from chargen.cli.serve import served_names
+
+    root = tmp_path / "checkpoints"
+    assert served_names((), root) == ["folk"]  # no runs of yours: the model that ships
+    shutil.copytree(runs / "verse", root / "mine")
+    shutil.copytree(runs / "folk", root / "folk")  # yours comes first, once
+    assert sorted(served_names((), root)) == ["folk", "mine"]
+    assert served_names(("mine",), root) == ["mine"]

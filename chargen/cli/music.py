@@ -109,7 +109,7 @@ def corpus_folk(sources, output, collections, style, seed, keep_irregular, as_js
         f"Wrote {report.written:,} tunes ({len(report.text):,} characters) to {path}\n"
         f"Rhythms (R:): {_counts(report.rhythms)}\n"
         f"Traditions (O:): {_counts(report.styles)}\n"
-        f"Train on it: chargen train {path} --level abc --name folk --time 10m",
+        f"Train on it: chargen train {path} --level abc --name folk --time 14m",
         err=True,
     )
 

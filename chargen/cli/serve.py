@@ -59,7 +59,7 @@ def serve(ctx, runs, host, port, api_key, max_rows, request_seconds, no_assets, 
     from chargen.cli.console import console
     from chargen.text.corpus import cache_root
 
-    names = list(runs) or [run.name for run in api.list_runs(checkpoint_dir(ctx))]
+    names = served_names(runs, checkpoint_dir(ctx))
     if not names:
         raise CliError("no runs to serve; train one first: chargen train CORPUS --name NAME", 1)
     models = {}
@@ -85,3 +85,15 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def served_names(runs: tuple[str, ...], checkpoint_dir) -> list[str]:
+    """The runs named, else every run in the checkpoint directory and those that ship with
+    chargen (``folk``), unless one of yours has the name."""
+    if runs:
+        return list(runs)
+    from chargen import api
+    from chargen.runs.store import shipped_names
+
+    names = [run.name for run in api.list_runs(checkpoint_dir)]
+    return names + [name for name in shipped_names() if name not in names]

@@ -193,7 +193,9 @@ _M = ModelConfig()
     type=click.FloatRange(0, min_open=True),
     help="Stop after this many passes over the corpus.",
 )
-@click.option("--time", type=Duration(), help="Stop after this long: 90s, 10m, 1h.")
+@click.option(
+    "--time", type=Duration(), help="Stop after this long in all (resumes count): 90s, 10m, 1h."
+)
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
 @device_option("auto")
 @click.option(
@@ -224,7 +226,7 @@ def train(ctx: click.Context, corpus, name, resume, force, quiet, as_json, **opt
       chargen train corpora/harbour.txt --time 2m
       chargen train shakespeare.txt --name bard --cell gru --layers 2 --hidden 256
       chargen train novel.txt --level word --vocab-size 20000 --epochs 5
-      chargen train --name bard --resume --time 10m
+      chargen train --name bard --resume --time 20m
       chargen train books/ 'more/*.txt' --name library
       torchrun --standalone --nproc-per-node 2 -m chargen train big.txt --batch-size 64
     """

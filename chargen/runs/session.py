@@ -241,6 +241,7 @@ def _resumed_configs(
         options = ", ".join(option_name(field) for field in changed)
         raise UsageError(f"{options}: cannot change on --resume; start a new run with --name")
     train_config = replace(saved, **{k: v for k, v in given.items() if k in RESUME_OVERRIDABLE})
+    _check_room_left(run, train_config)
     if corpus:
         return model_config, train_config, list(corpus)
     saved = run.info.get("corpus")
@@ -249,6 +250,23 @@ def _resumed_configs(
         raise UsageError("give the corpus to resume on: chargen train CORPUS --name NAME --resume")
     _check_saved_corpus(run, saved)
     return model_config, train_config, saved
+
+
+def _check_room_left(run: store.Run, config: TrainConfig) -> None:
+    """``--time`` and ``--max-steps`` count the whole run, the time before a resume included:
+    a resume that has already reached them would train nothing. Say so instead."""
+    state = run.info.get("state", {})
+    elapsed, step = state.get("elapsed", 0), state.get("step", 0)
+    if config.time_limit is not None and elapsed >= config.time_limit:
+        raise UsageError(
+            f"{run.name} has trained {elapsed:.0f}s already and --time counts all of it; "
+            f"give a longer one to train more, e.g. --time {elapsed + config.time_limit:.0f}s"
+        )
+    if config.max_steps is not None and step >= config.max_steps:
+        raise UsageError(
+            f"{run.name} is at step {step} already and --max-steps counts every step; "
+            f"give a larger one to train more, e.g. --max-steps {step + config.max_steps}"
+        )
 
 
 def _check_saved_corpus(run: store.Run, saved: list[str]) -> None:

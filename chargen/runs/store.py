@@ -228,6 +228,13 @@ PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
 when ``root`` has no run of that name."""
 
 
+def shipped_names() -> list[str]:
+    """The names of the runs that ship with chargen."""
+    if not PRETRAINED.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED.iterdir() if (p / RUN_FILE).is_file())
+
+
 def resolve_run(spec: str | None, root: Path, *, shipped: bool = True) -> Run:
     """A run by name under ``root`` (else, with ``shipped``, one that ships with chargen), by
     path to its directory, or the latest if ``spec`` is None.
