@@ -80,10 +80,15 @@ def severe(driver) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-def test_text_streams_into_the_page(browser, page):
+def open_model(browser, page: str, model: str) -> None:
+    """Load the page, wait for its list of models, and choose ``model``."""
     browser.get(page)
     wait(browser, lambda d: d.find_element(By.ID, "model").get_attribute("value"))
-    Select(browser.find_element(By.ID, "model")).select_by_value("verse")
+    Select(browser.find_element(By.ID, "model")).select_by_value(model)
+
+
+def test_text_streams_into_the_page(browser, page):
+    open_model(browser, page, "verse")
     assert browser.find_element(By.ID, "text-view").is_displayed()
     browser.find_element(By.ID, "prime").send_keys("The tide")
     length = browser.find_element(By.ID, "length")
@@ -108,9 +113,7 @@ def test_text_streams_into_the_page(browser, page):
 
 
 def test_the_stop_button_stops_the_stream(browser, page):
-    browser.get(page)
-    wait(browser, lambda d: d.find_element(By.ID, "model").get_attribute("value"))
-    Select(browser.find_element(By.ID, "model")).select_by_value("verse")
+    open_model(browser, page, "verse")
     length = browser.find_element(By.ID, "length")
     length.clear()
     length.send_keys("4000")
@@ -123,9 +126,7 @@ def test_the_stop_button_stops_the_stream(browser, page):
 
 
 def test_a_tune_renders_as_sheet_music_and_plays(browser, page):
-    browser.get(page)
-    wait(browser, lambda d: d.find_element(By.ID, "model").get_attribute("value"))
-    Select(browser.find_element(By.ID, "model")).select_by_value("folk")
+    open_model(browser, page, "folk")
     assert browser.find_element(By.ID, "tune-view").is_displayed()
     browser.find_element(By.ID, "tune-seed").send_keys("2")
     Select(browser.find_element(By.ID, "rhythm")).select_by_visible_text("jig")
