@@ -7,6 +7,7 @@ process slow down many times over):
     python benchmarks/run.py --only sampling tokenize
     python benchmarks/run.py --only scale         # 1 GB generated corpus: tokenizing, memory
     python benchmarks/run.py --repeats 1 --train-time 60
+    python benchmarks/run.py --only host          # is this machine steady enough? (20 s)
 
 Every figure is measured ``--repeats`` times (3 by default; quality with seeds 1337, 7 and 3) and
 reported as the median with the lowest and highest run, the median compared with its target.
@@ -333,6 +334,65 @@ def bench_eval_scale(corpus: Path, source: Path, megabytes: int, env: dict) -> d
     }
 
 
+# ------------------------------------------------------------------------------------ host
+
+CORE_PROBE = """
+import json, os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+start, end = float(sys.argv[2]), float(sys.argv[3])
+while time.time() < start:
+    time.sleep(0.001)
+rates = []
+while time.time() < end:
+    began, loops = time.perf_counter(), 0
+    while time.perf_counter() - began < 0.25:
+        total = 0
+        for i in range(2000):
+            total += i
+        loops += 1
+    rates.append(loops / (time.perf_counter() - began))
+print(json.dumps(rates))
+"""
+
+
+def bench_host(seconds: float = 20.0) -> dict:
+    """How steady the machine's cores are: a pure-Python loop pinned to each core, all cores at
+    once, its speed taken every quarter second.
+
+    On the machines this project is measured on, each core has slow spells (a loop 15-45% below
+    its median) that come and go within seconds, independently of the other core. Training's
+    two pinned workers wait for the slower one every step, so these spells move chargen's
+    figures from run to run; ``slow_share`` says how much of the time they covered."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) < 2:
+        return {}
+    start = time.time() + 1.0
+    probes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CORE_PROBE, str(core), str(start), str(start + seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for core in cores
+    ]
+    series = [json.loads(probe.communicate()[0]) for probe in probes]
+    length = min(len(rates) for rates in series)
+    medians = [sorted(rates)[len(rates) // 2] for rates in series]
+    slow = [
+        any(rates[k] < 0.85 * median for rates, median in zip(series, medians, strict=True))
+        for k in range(length)
+    ]
+    # Work split evenly waits for the slowest core; work shared out by speed would not.
+    even = sum(max(1 / rates[k] for rates in series) for k in range(length))
+    shared = sum(len(series) / sum(rates[k] for rates in series) for k in range(length))
+    spread = [min(rates) / median for rates, median in zip(series, medians, strict=True)]
+    return {
+        "slow_share": sum(slow) / length,
+        "slowest_over_median": min(spread),
+        "even_split_loss": even / shared - 1,
+    }
+
+
 # ------------------------------------------------------------------------------------ main
 
 TARGETS = {
@@ -351,12 +411,15 @@ TARGETS = {
     ("scale", "eval_peak_rss_mb"): ("<=", 1024),
     ("scale", "eval_mb_per_sec"): (">=", 5),
 }
-GROUPS = ("quality", "throughput", "sampling", "startup", "tokenize", "scale")
+GROUPS = ("host", "quality", "throughput", "sampling", "startup", "tokenize", "scale")
 DEFAULT_GROUPS = GROUPS[:-1]  # scale writes a 1 GB corpus and 2 GB of tokens: ask for it
 
 
 def measure(group: str, run: int, args, env: dict) -> dict:
     """The figures of ``group`` in run number ``run`` (from 0)."""
+    if group == "host":
+        print("host: how steady the cores are ...", file=sys.stderr)
+        return bench_host()
     if group == "quality":
         seed = QUALITY_SEEDS[run % len(QUALITY_SEEDS)]
         print(f"quality: {args.train_time:.0f}s at seed {seed} ...", file=sys.stderr)
