@@ -387,6 +387,7 @@ def bench_host(seconds: float = 20.0) -> dict:
     shared = sum(len(series) / sum(rates[k] for rates in series) for k in range(length))
     spread = [min(rates) / median for rates, median in zip(series, medians, strict=True)]
     return {
+        "python_loops_per_sec": sorted(medians)[len(medians) // 2],  # 2,000 additions a loop
         "slow_share": sum(slow) / length,
         "slowest_over_median": min(spread),
         "even_split_loss": even / shared - 1,
