@@ -3,7 +3,7 @@
 Run on a quiet machine (nothing else busy: two torch threads that share a core with another
 process slow down many times over):
 
-    python benchmarks/run.py                      # everything, three times: about 15 minutes
+    python benchmarks/run.py                      # everything, three times: about 20 minutes
     python benchmarks/run.py --only sampling tokenize
     python benchmarks/run.py --only scale         # 1 GB generated corpus: tokenizing, memory
     python benchmarks/run.py --repeats 1 --train-time 60
@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -377,7 +378,7 @@ def bench_host(seconds: float = 20.0) -> dict:
     ]
     series = [json.loads(probe.communicate()[0]) for probe in probes]
     length = min(len(rates) for rates in series)
-    medians = [sorted(rates)[len(rates) // 2] for rates in series]
+    medians = [statistics.median(rates) for rates in series]
     slow = [
         any(rates[k] < 0.85 * median for rates, median in zip(series, medians, strict=True))
         for k in range(length)
@@ -387,7 +388,7 @@ def bench_host(seconds: float = 20.0) -> dict:
     shared = sum(len(series) / sum(rates[k] for rates in series) for k in range(length))
     spread = [min(rates) / median for rates, median in zip(series, medians, strict=True)]
     return {
-        "python_loops_per_sec": sorted(medians)[len(medians) // 2],  # 2,000 additions a loop
+        "python_loops_per_sec": statistics.median(medians),  # a loop: 2,000 additions
         "slow_share": sum(slow) / length,
         "slowest_over_median": min(spread),
         "even_split_loss": even / shared - 1,
