@@ -33,7 +33,7 @@ def corpus(tmp_path):
 
 
 def tiny_model(cell: str = "lstm", **changes) -> ModelConfig:
-    return ModelConfig(cell=cell, embedding_dim=16, hidden_size=32, **changes)
+    return ModelConfig(**{"cell": cell, "embedding_dim": 16, "hidden_size": 32, **changes})
 
 
 def tiny_train(**changes) -> TrainConfig:

@@ -18,7 +18,14 @@ from tests.helpers import split_text, tokenizer_for
 
 
 def make_trainer(
-    text, level="char", cell="lstm", dropout=0.0, layers=None, workers=None, **train_changes
+    text,
+    level="char",
+    cell="lstm",
+    dropout=0.0,
+    layers=None,
+    workers=None,
+    hidden=32,
+    **train_changes,
 ):
     """A small trainer; with dropout, two layers unless ``layers`` says otherwise."""
     config = tiny_train(level=level, **train_changes)
@@ -27,7 +34,13 @@ def make_trainer(
     tokenizer = tokenizer_for(train_text, level)
     layers = layers or (2 if dropout else 1)
     model = RNNLanguageModel(
-        tiny_model(cell, vocab_size=tokenizer.vocab_size, dropout=dropout, num_layers=layers)
+        tiny_model(
+            cell,
+            vocab_size=tokenizer.vocab_size,
+            dropout=dropout,
+            num_layers=layers,
+            hidden_size=hidden,
+        )
     )
     ids = tokenizer.encode(train_text)
     starts = piece_starts(tokenizer, ids)  # as chargen.runs.session does: ABC tunes are pieces
@@ -336,3 +349,28 @@ def test_bf16_steps_on_worker_threads_match_one_thread():
         fp32, bf16_one, bf16_two = ([t.train_step() for _ in range(10)] for t in runs)
     assert bf16_two == pytest.approx(bf16_one, rel=1e-4)
     assert bf16_two != pytest.approx(fp32, rel=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_thread_count_of_a_lone_worker_does_not_change_the_weights(precision):
+    """The premise of ThreadTuner, which may change the count while a seeded run trains: the
+    threads share out each product, they do not change its arithmetic."""
+    if precision == "bf16" and not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN")
+    before = torch.get_num_threads()
+    weights, losses = [], []
+    try:
+        for threads in (1, 2, 1, 2):
+            torch.set_num_threads(threads)
+            trainer = make_trainer(
+                VERSE * 40, hidden=256, batch_size=16, seq_len=32, threads=threads, max_steps=4
+            )
+            trainer.bf16 = precision == "bf16"
+            assert trainer.tuner is None  # --threads fixes the count
+            losses.append([trainer.train_step() for _ in range(4)])
+            weights.append([p.detach().clone() for p in trainer.model.parameters()])
+    finally:
+        torch.set_num_threads(before)
+    assert losses[0][-1] < losses[0][0]
+    for other in weights[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(weights[0], other, strict=True))

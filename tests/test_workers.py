@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chargen.training.workers import Workers, cores_to_pin, plan, split_rows
+from chargen.training.workers import ThreadTuner, Workers, cores_to_pin, plan, split_rows
 
 pinning = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
@@ -110,3 +110,69 @@ def test_a_system_that_refuses_pinning_leaves_workers_unpinned(monkeypatch):
     with Workers(len(allowed), threads_each=1) as workers:
         seen = workers.map(lambda rows: os.sched_getaffinity(0), len(allowed))
     assert all(cpus == allowed for cpus in seen)
+
+
+def steps(tuner, seconds, count):
+    for _ in range(count):
+        tuner.record(seconds)
+
+
+def test_the_tuner_keeps_a_count_that_runs_clearly_faster(four_threads):
+    tuner = ThreadTuner(4)
+    assert tuner.ladder == [4, 2, 1] and torch.get_num_threads() == 4
+    steps(tuner, 1.0, ThreadTuner.FIRST)
+    assert torch.get_num_threads() == 2  # a trial of the next count down
+    steps(tuner, 0.5, ThreadTuner.TRIAL)
+    assert (tuner.threads, tuner.changes, torch.get_num_threads()) == (2, 1, 2)
+    tuner.close()
+    assert torch.get_num_threads() == 4
+
+
+def test_a_losing_trial_goes_back_and_the_next_comes_twice_as_late(four_threads):
+    tuner = ThreadTuner(2)
+    steps(tuner, 1.0, ThreadTuner.FIRST)
+    steps(tuner, 0.95, ThreadTuner.TRIAL)  # faster, but within the margin: noise
+    assert (tuner.threads, tuner.changes, torch.get_num_threads()) == (2, 0, 2)
+    steps(tuner, 1.0, 2 * ThreadTuner.FIRST)  # one step after a switch is not timed
+    assert torch.get_num_threads() == 2
+    tuner.record(1.0)
+    assert torch.get_num_threads() == 1
+
+
+def test_a_slowdown_brings_the_next_trial_forward(four_threads):
+    tuner = ThreadTuner(2)
+    steps(tuner, 1.0, ThreadTuner.FIRST)
+    steps(tuner, 1.0, ThreadTuner.TRIAL)  # lost: the next trial is 50 steps away
+    steps(tuner, 1.0, 6)
+    assert torch.get_num_threads() == 2
+    steps(tuner, 2.0, 3)  # another process took a core: the median of five moves at three
+    assert torch.get_num_threads() == 1
+    steps(tuner, 1.2, ThreadTuner.TRIAL)
+    assert tuner.threads == 1
+
+
+def test_the_tuner_tries_both_neighbours_in_the_middle_of_the_ladder(four_threads):
+    tuner = ThreadTuner(4)
+    steps(tuner, 1.0, ThreadTuner.FIRST)
+    steps(tuner, 0.5, ThreadTuner.TRIAL)  # 2 threads kept
+    tried = set()
+    for _ in range(4 * ThreadTuner.FIRST):
+        tuner.record(0.5)
+        tried.add(torch.get_num_threads())
+    assert tried == {1, 2, 4}
+    assert tuner.threads == 2
+
+
+@pytest.mark.parametrize(
+    ("device", "workers", "threads", "tuned"),
+    [("cpu", 1, 2, True), ("cpu", 1, 1, False), ("cpu", 2, 2, False), ("meta", 1, 2, False)],
+)
+def test_only_a_lone_cpu_worker_with_threads_to_spare_is_tuned(device, workers, threads, tuned):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with Workers(workers, threads_each=1) as group:
+            tuner = ThreadTuner.for_workers(group, torch.device(device))
+        assert (tuner is not None) == tuned
+    finally:
+        torch.set_num_threads(before)

@@ -41,7 +41,7 @@ from chargen.training.distributed import (
     gather_rows,
 )
 from chargen.training.evaluate import evaluate
-from chargen.training.workers import Workers
+from chargen.training.workers import ThreadTuner, Workers
 from chargen.training.workers import plan as plan_workers
 
 
@@ -122,6 +122,8 @@ class Trainer:
             # Dropout between stacked layers comes from torch's one generator: threads would
             # draw from it in an order that changes from run to run.
             raise ValueError("a model with dropout between layers trains on one worker thread")
+        # A lone worker's thread count follows its measured speed, unless --threads fixed it.
+        self.tuner = None if config.threads else ThreadTuner.for_workers(self.workers, device)
         self.optimizer = _adamw(self.params, config)
         self.state = TrainState()
         self.step_seconds = 0.0  # wall time inside train_step, this session: no evaluation
@@ -171,12 +173,15 @@ class Trainer:
         return None
 
     def close(self) -> None:
-        """Stop the worker threads, if any."""
+        """Stop the worker threads, if any, and give the process its thread count back."""
         self.workers.close()
+        if self.tuner is not None:
+            self.tuner.close()
 
     # ------------------------------------------------------------------ the loop
 
     def train_step(self) -> float:
+        began = time.perf_counter()
         state, batches = self.state, self.batches
         if state.window >= batches.windows_in_epoch(state.epoch):
             # A new epoch starts at a new shift: the streams no longer continue the last window.
@@ -221,6 +226,8 @@ class Trainer:
         state.window += 1
         state.tokens_seen += scored
         state.loss = loss
+        if self.tuner is not None:
+            self.tuner.record(time.perf_counter() - began)
         return loss
 
     def _generator(self, rows: slice) -> torch.Generator | None:

@@ -12,8 +12,10 @@ Results are combined in group order, so a run with a given number of workers is 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import statistics
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -132,3 +134,115 @@ def plan(device: torch.device, rows: int, global_random: bool = False) -> Worker
 
 SINGLE = Workers(1)
 """The calling thread alone."""
+
+
+class ThreadTuner:
+    """Keeps a lone worker's intra-op thread count at whichever count runs fastest now.
+
+    The threads of one worker meet inside every product of a window. Beside another busy
+    process, the thread that shares its core is often off it, and the others wait: 16 streams on
+    two threads fell from 28,000 to 8,400-8,900 tokens/s, where one thread held 18,600
+    (docs/experiments.md). The tuner times every step, tries the next count on its ladder
+    (all threads, half, ..., one) for a few steps now and then, and keeps it if it ran clearly
+    faster. While the count in use keeps winning, trials come twice as far apart each time, up
+    to ``LONGEST`` steps; a slowdown brings one at once. The count decides which thread
+    computes which part of a product, not the arithmetic: seeded runs with one and with two
+    threads end with the same weights, bit for bit (tests/test_train.py).
+    """
+
+    FIRST = 25
+    """Steps before the first trial (the first steps are slow while kernels get ready)."""
+    LONGEST = 400
+    """Most steps between two trials."""
+    TRIAL = 4
+    """Steps run at the other count in a trial; the first of them is not timed."""
+    MARGIN = 0.9
+    """The other count is kept when its median step takes under this share of the current's."""
+    LATELY = 5
+    """Steps whose median is the current count's pace."""
+    SLOWDOWN = 1.4
+    """Recent steps this much slower than after the last trial bring the next trial forward."""
+
+    def __init__(self, most: int):
+        most = max(1, most)
+        self.ladder = sorted({most >> k for k in range(most.bit_length())}, reverse=True)
+        self.level = 0  # index into the ladder of the count in use
+        self.previous = torch.get_num_threads()
+        self.recent: collections.deque[float] = collections.deque(maxlen=self.LATELY)
+        self.reference: float | None = None  # median step at the last decision
+        self.gap = self.FIRST  # steps from one trial to the next
+        self.countdown = self.FIRST
+        self.trial: int | None = None  # the level on trial, if any
+        self.trial_times: list[float] = []
+        self.skip = False  # the first step after a change is not timed
+        self.upward = False  # which neighbour the next trial tries, where there are two
+        self.changes = 0  # switches kept, for reports and tests
+        torch.set_num_threads(self.threads)
+
+    @classmethod
+    def for_workers(cls, workers: Workers, device: torch.device) -> ThreadTuner | None:
+        """A tuner for a lone CPU worker with more than one thread; else None."""
+        threads = torch.get_num_threads()
+        if device.type != "cpu" or workers.count != 1 or threads < 2:
+            return None
+        return cls(threads)
+
+    @property
+    def threads(self) -> int:
+        return self.ladder[self.level]
+
+    def record(self, seconds: float) -> None:
+        """One training step took ``seconds``; maybe start or end a trial."""
+        if self.skip:
+            self.skip = False
+            return
+        if self.trial is not None:
+            self.trial_times.append(seconds)
+            if len(self.trial_times) >= self.TRIAL - 1:
+                self._decide()
+            return
+        self.recent.append(seconds)
+        self.countdown -= 1
+        slowed = (
+            self.reference is not None
+            and len(self.recent) >= self.LATELY
+            and self._lately() > self.SLOWDOWN * self.reference
+        )
+        if (self.countdown <= 0 or slowed) and len(self.ladder) > 1 and self.recent:
+            self._start_trial()
+
+    def _start_trial(self) -> None:
+        last = len(self.ladder) - 1
+        up = self.level == last or (self.level > 0 and self.upward)
+        self.upward = not self.upward
+        self.trial = self.level - 1 if up else self.level + 1
+        self.trial_times = []
+        self._use(self.ladder[self.trial])
+
+    def _decide(self) -> None:
+        current = self._lately()
+        trial = statistics.median(self.trial_times)
+        if trial < self.MARGIN * current:
+            self.level = self.trial
+            self.recent.clear()
+            self.recent.extend(self.trial_times)
+            self.gap = self.FIRST
+            self.changes += 1
+        else:
+            self._use(self.threads)
+            self.gap = min(2 * self.gap, self.LONGEST)
+        self.trial = None
+        self.reference = self._lately()
+        self.countdown = self.gap
+
+    def _lately(self) -> float:
+        """The median of the last ``LATELY`` timed steps at the count in use."""
+        return statistics.median(list(self.recent)[-self.LATELY :])
+
+    def _use(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.skip = True
+
+    def close(self) -> None:
+        """Give the process the thread count it had before."""
+        torch.set_num_threads(self.previous)
