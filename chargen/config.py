@@ -120,7 +120,7 @@ class TrainConfig:
     level: str = "char"  # character level needs no vocabulary cap and never meets <unk>
     vocab_size: int = 10_000  # word level: keep the most frequent tokens, map the rest to <unk>
     min_freq: int = 1  # word level: drop tokens seen fewer times than this
-    batch_size: int = 32  # parallel streams of the corpus trained together
+    batch_size: int = 16  # parallel streams; 16 learn more per token in a short run than 32
     seq_len: int = 64  # BPTT window; the hidden state carries context across windows
     reset_every: int = 32  # windows between a stream's zero-state restarts (staggered); 0: never
     lr: float = 7e-3  # AdamW peak rate; high, with short warm-up, wins on a 2-minute budget

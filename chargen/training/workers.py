@@ -1,11 +1,13 @@
 """Parallel streams on CPU threads: each worker thread runs its own group of streams.
 
 A recurrent layer steps through a window one time step at a time, and each step is a thin
-matrix product (32 streams by 512 by 2048 for the default LSTM). Split across cores inside every
+matrix product (16 streams by 512 by 2048 for the default LSTM). Split across cores inside every
 product, the threads meet at each of those steps and wait for each other. Given the streams in
 contiguous groups instead, one single-threaded worker per group, the cores meet once per window.
 On the 2-core machines this project is measured on, two single-threaded workers of 16 streams
-train the default model faster than one worker on two threads (figures in docs/experiments.md).
+train 32 streams faster than one worker on two threads; fewer than 16 streams a worker lose
+more than they gain (figures in docs/experiments.md). A lone worker keeps more than one thread,
+and ``ThreadTuner`` drops to fewer while that runs faster (beside another busy process).
 
 Results are combined in group order, so a run with a given number of workers is reproducible.
 """
