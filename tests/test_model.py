@@ -1,9 +1,18 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chargen.config import CELLS, ModelConfig
 from chargen.errors import UsageError
-from chargen.model.rnn import CELL_TYPES, RNNLanguageModel, detach_hidden, select_hidden
+from chargen.model.rnn import (
+    CELL_TYPES,
+    MASK_LEVELS,
+    RNNLanguageModel,
+    detach_hidden,
+    dropout_mask,
+    select_hidden,
+)
 from chargen.model.stepper import Stepper
 
 
@@ -149,3 +158,38 @@ def test_shapes_worked_out_are_the_shapes_of_a_built_model(cell, layers, tie):
                          num_layers=layers, tie_weights=tie)  # fmt: skip
     built = {k: tuple(v.shape) for k, v in RNNLanguageModel(config).state_dict().items()}
     assert RNNLanguageModel.shapes(config) == built
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=st.floats(0.0, 0.999), seed=st.integers(0, 2**31))
+def test_a_dropout_mask_keeps_its_share_and_follows_its_generator(p, seed):
+    generator = torch.Generator().manual_seed(seed)
+    keep, share = dropout_mask((64, 1024), p, generator)
+    assert keep.shape == (64, 1024) and keep.dtype == torch.bool
+    assert abs(share - (1 - p)) <= 1 / MASK_LEVELS
+    assert abs(keep.float().mean().item() - share) < 0.02  # 65,536 draws: 4 sigma is 0.008
+    again, _ = dropout_mask((64, 1024), p, torch.Generator().manual_seed(seed))
+    assert torch.equal(keep, again)
+
+
+def test_dropout_mask_bits_are_independent_of_their_place_in_a_draw():
+    # four masks' elements come from one 64-bit draw: each place must be fair on its own
+    keep, _ = dropout_mask((1 << 18,), 0.5, torch.Generator().manual_seed(3))
+    by_place = keep.view(-1, 4).float().mean(0)
+    assert torch.all((by_place - 0.5).abs() < 0.01), by_place
+    neighbours = (keep.view(-1, 4)[:, 0] == keep.view(-1, 4)[:, 1]).float().mean()
+    assert abs(neighbours.item() - 0.5) < 0.01
+
+
+def test_dropout_in_training_keeps_the_expected_value_and_is_off_in_eval():
+    model = RNNLanguageModel(ModelConfig(vocab_size=5, hidden_size=8, dropout=0.4))
+    x = torch.ones(4, 64, 256)
+    model.train()
+    dropped = model._dropout(x, torch.Generator().manual_seed(0))
+    values = dropped.unique()
+    assert (
+        len(values) == 2 and values[0] == 0 and values[1].item() == pytest.approx(1 / 0.6, rel=1e-4)
+    )
+    assert dropped.mean().item() == pytest.approx(1.0, abs=0.02)
+    model.eval()
+    assert torch.equal(model._dropout(x, None), x)

@@ -8,6 +8,8 @@ Also here: the helpers that detach, reset, select and join hidden states.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,29 @@ from chargen.config import CELLS, ModelConfig
 from chargen.errors import UsageError
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+MASK_LEVELS = 1 << 16
+"""Dropout masks on a CPU compare 16 random bits with a threshold: ``p`` is rounded to a
+multiple of 1/65,536."""
+
+
+def dropout_mask(
+    shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, float]:
+    """A boolean mask of ``shape`` that keeps each element with probability ``1 - p`` (``p``
+    rounded to a multiple of 1/65,536), and that probability, to scale the kept ones by.
+
+    On a CPU, torch's ``bernoulli_`` draws each element on its own: 5.7 ms for the (16, 64,
+    512) output of a default step, a fifth of the step. Here every 64-bit draw gives four
+    16-bit numbers: 0.7 ms for the same mask (docs/experiments.md)."""
+    count = math.prod(shape)
+    kept = max(1, round((1 - p) * MASK_LEVELS))
+    if count == 0 or kept >= MASK_LEVELS:  # 16 bits cannot hold the threshold of p = 0
+        return torch.ones(shape, dtype=torch.bool), kept / MASK_LEVELS
+    words = torch.randint(-(2**63), 2**63 - 1, (-(-count // 4),), generator=generator)
+    halves = words.view(torch.int16)[:count].view(shape)
+    return halves < kept - MASK_LEVELS // 2, kept / MASK_LEVELS
+
 
 CELL_TYPES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 assert tuple(CELL_TYPES) == CELLS, "config.CELLS and the registry must list the same cells"
@@ -75,10 +100,12 @@ class RNNLanguageModel(nn.Module):
         p = self.config.dropout
         if not self.training or p == 0:
             return x
-        if generator is None:
-            return F.dropout(x, p)
-        keep = torch.empty_like(x).bernoulli_(1 - p, generator=generator)
-        return x * keep / (1 - p)
+        if x.device.type != "cpu":
+            if generator is None:
+                return F.dropout(x, p)
+            return x * torch.empty_like(x).bernoulli_(1 - p, generator=generator) / (1 - p)
+        keep, share = dropout_mask(x.shape, p, generator)
+        return x * (keep.to(x.dtype) * (1 / share))
 
     @property
     def draws_from_global_random(self) -> bool:
