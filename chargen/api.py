@@ -466,6 +466,8 @@ def start(
         if not sources:
             raise UsageError("missing CORPUS (or --name NAME --resume to continue a run)")
         name = session.default_run_name(sources[0])
+    if options.get("dropout", 0) is None:
+        del options["dropout"]  # None: chosen from the corpus's size, as when not given
     model_fields, train_fields = split_options(options)
     model_config, train_config = ModelConfig(**model_fields), TrainConfig(**train_fields)
     if not train_config.has_limit:

@@ -88,6 +88,26 @@ MAX_LAYERS = 64
 MAX_THREADS = 1024
 
 
+SMALL_CORPUS = 100_000
+"""Training tokens up to which a new run gets ``SMALL_CORPUS_DROPOUT`` unless --dropout is given."""
+LARGE_CORPUS = 400_000
+"""Training tokens from which a new run gets no dropout unless --dropout is given."""
+SMALL_CORPUS_DROPOUT = 0.5
+
+
+def corpus_dropout(train_tokens: int) -> float:
+    """The dropout of a new run whose --dropout is not given, from the size of its training
+    split: minutes of training make dozens of passes over a small corpus, and the model learns
+    it by heart (a 70 KB play, 60 s: validation loss 1.41 without dropout, 1.31 with 0.5).
+    Falls from 0.5 to 0 in equal steps of log size between the two sizes, in steps of 0.05."""
+    if train_tokens >= LARGE_CORPUS:
+        return 0.0
+    if train_tokens <= SMALL_CORPUS:
+        return SMALL_CORPUS_DROPOUT
+    share = math.log(LARGE_CORPUS / train_tokens) / math.log(LARGE_CORPUS / SMALL_CORPUS)
+    return round(SMALL_CORPUS_DROPOUT * share * 20) / 20
+
+
 @dataclass
 class ModelConfig:
     cell: str = "lstm"  # LSTM learns long dependencies the plain RNN's vanishing gradients lose
@@ -95,7 +115,7 @@ class ModelConfig:
     embedding_dim: int = 64  # a character needs far fewer dimensions than the hidden state
     hidden_size: int = 512  # the width that trains best in two CPU minutes on 1 MB of text
     num_layers: int = 1  # one wide layer beats two narrow ones per CPU-second at this scale
-    dropout: float = 0.0  # short runs underfit; raise it for long runs on small corpora
+    dropout: float = 0.0  # a new run without --dropout takes corpus_dropout(its corpus size)
     tie_weights: bool = (
         False  # share input and output embeddings (needs embedding_dim == hidden_size)
     )

@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import chargen
+from chargen.config import LARGE_CORPUS, SMALL_CORPUS, SMALL_CORPUS_DROPOUT, corpus_dropout
 from tests.abc_fixtures import train_tiny_abc
 
 TINY = dict(
@@ -90,6 +93,33 @@ def test_start_gives_a_session_to_look_at_before_running(corpus):
     assert session.describe().startswith("Training looked: lstm 1x24")
     assert session.warnings == []
     assert session.run_loop().steps == 20
+
+
+def test_a_small_corpus_gets_dropout_unless_dropout_is_given(corpus):
+    session = chargen.start(corpus, name="small", **TINY)
+    assert len(session.corpus.train) < SMALL_CORPUS
+    assert session.trainer.model.config.dropout == SMALL_CORPUS_DROPOUT
+    assert "(dropout 0.5)" in session.describe()
+    session.run_loop()
+    assert chargen.load("small").module.config.dropout == SMALL_CORPUS_DROPOUT  # saved
+    chargen.train(name="small", resume=True, max_steps=25)  # a resume keeps it
+    assert chargen.load("small").module.config.dropout == SMALL_CORPUS_DROPOUT
+    for asked, expected in ((0, 0.0), (0.2, 0.2), (None, SMALL_CORPUS_DROPOUT)):
+        session = chargen.start(corpus, name="given", force=True, dropout=asked, **TINY)
+        assert session.trainer.model.config.dropout == expected
+        session.close()
+
+
+@given(st.integers(1, 10**7), st.integers(1, 10**7))
+def test_corpus_dropout_falls_with_size_in_steps_of_a_twentieth(smaller, larger):
+    smaller, larger = sorted((smaller, larger))
+    for tokens in (smaller, larger):
+        dropout = corpus_dropout(tokens)
+        assert 0 <= dropout <= SMALL_CORPUS_DROPOUT
+        assert dropout * 20 == pytest.approx(round(dropout * 20))
+    assert corpus_dropout(smaller) >= corpus_dropout(larger)
+    assert corpus_dropout(SMALL_CORPUS) == SMALL_CORPUS_DROPOUT
+    assert corpus_dropout(LARGE_CORPUS) == 0
 
 
 def test_options_are_named_as_on_the_command_line_or_as_fields(corpus):

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import torch
 
-from chargen.config import ModelConfig, TrainConfig, option_name, to_dict
+from chargen.config import ModelConfig, TrainConfig, corpus_dropout, option_name, to_dict
 from chargen.errors import CorpusError, UsageError
 from chargen.metrics import Score
 from chargen.model.device import pick_device, set_threads, use_bf16
@@ -99,7 +99,8 @@ class TrainingSession:
         processes = f" x {self.world.size} processes" if self.world.active else ""
         threads = trainer.workers.count
         return (
-            f"{verb}: {config.cell} {config.num_layers}x{config.hidden_size}, "
+            f"{verb}: {config.cell} {config.num_layers}x{config.hidden_size}"
+            f"{f' (dropout {config.dropout:g})' if config.dropout else ''}, "
             f"{trainer.model.num_parameters():,} parameters, {self.tokenizer.vocab_size} tokens "
             f"({trainer.config.level}), {len(self.corpus.train):,} training tokens, "
             f"batch {trainer.batches.batch_size * self.world.size}x{trainer.config.seq_len}, "
@@ -207,6 +208,8 @@ def start_training(
     tokenizer, arrays = _tokenize(corpus, saved_tokenizer, train_config, world, progress)
     if run is None:
         model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
+        if "dropout" not in (given or {}):
+            model_config.dropout = corpus_dropout(len(arrays.train))
     trainer, warnings = _make_trainer(
         corpus, tokenizer, arrays, model_config, train_config, device, world
     )
