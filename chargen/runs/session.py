@@ -207,9 +207,10 @@ def start_training(
     saved_tokenizer = store.load_tokenizer(run) if run is not None else None
     tokenizer, arrays = _tokenize(corpus, saved_tokenizer, train_config, world, progress)
     if run is None:
-        model_config = replace(model_config, vocab_size=tokenizer.vocab_size)
-        if "dropout" not in (given or {}):
-            model_config.dropout = corpus_dropout(len(arrays.train))
+        chosen = (
+            {} if "dropout" in (given or {}) else {"dropout": corpus_dropout(len(arrays.train))}
+        )
+        model_config = replace(model_config, vocab_size=tokenizer.vocab_size, **chosen)
     trainer, warnings = _make_trainer(
         corpus, tokenizer, arrays, model_config, train_config, device, world
     )
