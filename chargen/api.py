@@ -427,7 +427,8 @@ def train(
 
     ``options`` are the command line's options as keywords: ``time="2m"``, ``max_steps=500``,
     ``hidden=512``, ``level="word"``, ``cell="gru"``, ... (or the config fields they set).
-    Without a limit (``max_steps``, ``epochs`` or ``time``) training runs 10 epochs.
+    Without a limit (``max_steps``, ``epochs`` or ``time``) training runs 10 epochs. Without
+    ``dropout`` (or with None) a new run takes it from its corpus's size, as ``--dropout`` does.
     ``on_step(trainer)`` and ``on_eval(trainer, score)`` report progress; ``should_stop()`` is
     asked between steps and ends the run with a resumable checkpoint.
     """
