@@ -398,7 +398,7 @@ def bench_host(seconds: float = 20.0) -> dict:
 # ------------------------------------------------------------------------------------ main
 
 TARGETS = {
-    ("quality", "val_loss"): ("<=", 1.42),
+    ("quality", "val_loss"): ("<=", 1.40),
     ("quality", "peak_rss_mb"): ("<=", 1024),
     ("throughput", "speedup"): (">=", 2.0),
     ("sampling", "single_stream_tokens_per_sec"): (">=", 5000),

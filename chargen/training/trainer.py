@@ -123,7 +123,7 @@ class Trainer:
             # draw from it in an order that changes from run to run.
             raise ValueError("a model with dropout between layers trains on one worker thread")
         # A lone worker's thread count follows its measured speed, unless --threads fixed it.
-        self.tuner = None if config.threads else ThreadTuner.for_workers(self.workers, device)
+        self.tuner = None if config.threads else ThreadTuner.for_workers(self.workers, device, bf16)
         self.optimizer = _adamw(self.params, config)
         self.state = TrainState()
         self.step_seconds = 0.0  # wall time inside train_step, this session: no evaluation

@@ -182,10 +182,17 @@ class ThreadTuner:
         torch.set_num_threads(self.threads)
 
     @classmethod
-    def for_workers(cls, workers: Workers, device: torch.device) -> ThreadTuner | None:
-        """A tuner for a lone CPU worker with more than one thread; else None."""
+    def for_workers(
+        cls, workers: Workers, device: torch.device, bf16: bool = True
+    ) -> ThreadTuner | None:
+        """A tuner for a lone CPU worker with more than one thread, training in bf16; else None.
+
+        In float32 the thread count changes the arithmetic: MKL shares out the sum over a
+        step's tokens (1,024 and more) of the output layer's gradient by thread, so a count
+        that follows the clock would make a seeded run irreproducible. oneDNN's bf16 products
+        keep each sum on one thread at any count (tests/test_train.py)."""
         threads = torch.get_num_threads()
-        if device.type != "cpu" or workers.count != 1 or threads < 2:
+        if device.type != "cpu" or workers.count != 1 or threads < 2 or not bf16:
             return None
         return cls(threads)
 
