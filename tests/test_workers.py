@@ -164,15 +164,23 @@ def test_the_tuner_tries_both_neighbours_in_the_middle_of_the_ladder(four_thread
 
 
 @pytest.mark.parametrize(
-    ("device", "workers", "threads", "tuned"),
-    [("cpu", 1, 2, True), ("cpu", 1, 1, False), ("cpu", 2, 2, False), ("meta", 1, 2, False)],
+    ("device", "workers", "threads", "bf16", "tuned"),
+    [
+        ("cpu", 1, 2, True, True),
+        ("cpu", 1, 1, True, False),
+        ("cpu", 2, 2, True, False),
+        ("meta", 1, 2, True, False),
+        ("cpu", 1, 2, False, False),  # float32's sums change with the count
+    ],
 )
-def test_only_a_lone_cpu_worker_with_threads_to_spare_is_tuned(device, workers, threads, tuned):
+def test_only_a_lone_bf16_cpu_worker_with_threads_to_spare_is_tuned(
+    device, workers, threads, bf16, tuned
+):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with Workers(workers, threads_each=1) as group:
-            tuner = ThreadTuner.for_workers(group, torch.device(device))
+            tuner = ThreadTuner.for_workers(group, torch.device(device), bf16)
         assert (tuner is not None) == tuned
     finally:
         torch.set_num_threads(before)

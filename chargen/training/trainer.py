@@ -122,7 +122,8 @@ class Trainer:
             # Dropout between stacked layers comes from torch's one generator: threads would
             # draw from it in an order that changes from run to run.
             raise ValueError("a model with dropout between layers trains on one worker thread")
-        # A lone worker's thread count follows its measured speed, unless --threads fixed it.
+        # A lone worker's thread count follows its measured speed in bf16, unless --threads
+        # fixed it (ThreadTuner.for_workers says why not in float32).
         self.tuner = None if config.threads else ThreadTuner.for_workers(self.workers, device, bf16)
         self.optimizer = _adamw(self.params, config)
         self.state = TrainState()

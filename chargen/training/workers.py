@@ -182,9 +182,7 @@ class ThreadTuner:
         torch.set_num_threads(self.threads)
 
     @classmethod
-    def for_workers(
-        cls, workers: Workers, device: torch.device, bf16: bool = True
-    ) -> ThreadTuner | None:
+    def for_workers(cls, workers: Workers, device: torch.device, bf16: bool) -> ThreadTuner | None:
         """A tuner for a lone CPU worker with more than one thread, training in bf16; else None.
 
         In float32 the thread count changes the arithmetic: MKL shares out the sum over a
