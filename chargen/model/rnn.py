@@ -16,6 +16,7 @@ from torch import nn
 
 from chargen.config import CELLS, ModelConfig
 from chargen.errors import UsageError
+from chargen.model import amx
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -93,7 +94,10 @@ class RNNLanguageModel(nn.Module):
         ``generator`` draws the dropout masks of the embedding and the output (torch's global
         generator without one); masks between stacked layers always come from the global one."""
         x = self._dropout(self.embedding(ids), generator)  # (B, T, E)
-        out, hidden = self.rnn(x, hidden)  # (B, T, H)
+        if amx.usable(self.rnn, x):
+            out, hidden = amx.lstm(self.rnn, x, hidden)  # the same, on AMX tiles
+        else:
+            out, hidden = self.rnn(x, hidden)  # (B, T, H)
         return self.head(self._dropout(out, generator)), hidden  # (B, T, V)
 
     def _dropout(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

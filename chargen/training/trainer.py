@@ -64,6 +64,19 @@ class TrainState:
     stop_reason: str | None = None  # why the last run() returned
 
 
+def _distinct(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors``, with a copy of each that shares its memory with one before it. Autograd may
+    hand one tensor to two parameters (the gradient of a sum of them), and the trainer adds to
+    and scales its gradients in place."""
+    seen: set[int] = set()
+    distinct = []
+    for tensor in tensors:
+        address = tensor.data_ptr()
+        distinct.append(tensor.clone() if address in seen else tensor)
+        seen.add(address)
+    return distinct
+
+
 def _clip_gradients(grads: list[torch.Tensor], limit: float) -> float:
     """Scale ``grads`` in place so that their global norm is at most ``limit``; returns the
     norm before. BPTT gradients can explode (Pascanu et al. 2013). Unlike torch's
@@ -206,7 +219,7 @@ class Trainer:
             return self._gradients(x[rows], y[rows], hidden, scale, self._generator(rows))
 
         parts = self.workers.map(gradients, x.shape[0])
-        grads = [grad.contiguous() for grad in parts[0].grads]  # summed into these, in order
+        grads = _distinct([grad.contiguous() for grad in parts[0].grads])  # summed into these
         for part in parts[1:]:
             torch._foreach_add_(grads, part.grads)
         for parameter, grad in zip(self.params, grads, strict=True):
