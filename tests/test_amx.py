@@ -18,10 +18,14 @@ amx_lstm, usable = amx.lstm, amx.usable  # the real ones, for tests that wrap th
 
 
 @pytest.fixture
-def needs_kernel():
+def needs_kernel(monkeypatch):
     # Built here, not at import, so that it lands in the test's own cache directory.
+    monkeypatch.setenv(amx.ENV_SWITCH, "1")
+    amx.kernel.cache_clear()
     if amx.kernel() is None:
         pytest.skip("the kernel needs a CPU with AMX and a C compiler")
+    yield
+    amx.kernel.cache_clear()  # the other tests run without it, as users do by default
 
 
 def gradients(rnn, x, state, run, dtype):
@@ -128,13 +132,14 @@ def test_torchs_lstm_runs_where_the_kernel_cannot():
 
 def test_without_a_compiler_or_when_switched_off_there_is_no_kernel(monkeypatch, tmp_path):
     monkeypatch.setattr(amx, "_cpu_has_amx", lambda: True)
+    monkeypatch.setenv(amx.ENV_SWITCH, "1")
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     amx.kernel.cache_clear()
     try:
         assert amx.kernel() is None
         assert not list((tmp_path / "cache").rglob("*.so*"))  # nothing half-built left behind
         monkeypatch.delenv("CC")
-        monkeypatch.setenv(amx.ENV_SWITCH, "0")
+        monkeypatch.delenv(amx.ENV_SWITCH)  # off unless asked for
         amx.kernel.cache_clear()
         assert amx.kernel() is None
     finally:
