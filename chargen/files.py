@@ -24,6 +24,17 @@ from pathlib import Path
 
 from chargen.errors import ChargenError, CorpusError
 
+ENV_CACHE = "CHARGEN_CACHE"
+
+
+def cache_root() -> Path:
+    """``$CHARGEN_CACHE``, else ``$XDG_CACHE_HOME/chargen``, else ``~/.cache/chargen``."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "chargen"
+
+
 BOM = "\ufeff"
 
 

@@ -57,7 +57,7 @@ def serve(ctx, runs, host, port, api_key, max_rows, request_seconds, no_assets, 
         raise CliError("chargen serve needs its extra: pip install 'chargen[serve]'", 1) from None
     from chargen import api
     from chargen.cli.console import console
-    from chargen.text.corpus import cache_root
+    from chargen.files import cache_root
 
     names = served_names(runs, checkpoint_dir(ctx))
     if not names:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chargen.files import cache_root
+
 ENV_SWITCH = "CHARGEN_AMX"
 SOURCE = Path(__file__).with_name("lstm_amx.c")
 FLAGS = ["-O2", "-shared", "-fPIC", "-fopenmp", "-mamx-tile", "-mamx-bf16", "-mavx512f"]
@@ -71,8 +73,6 @@ def kernel() -> ctypes.CDLL | None:
     docstring). Built once per version of the source and cached on disk."""
     if os.environ.get(ENV_SWITCH) != "1" or not _cpu_has_amx():
         return None
-    from chargen.text.corpus import cache_root
-
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
     target = cache_root() / "kernels" / f"lstm_amx-{digest}.so"
     try:

@@ -16,7 +16,6 @@ import codecs
 import glob
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from chargen.errors import CorpusError, TokenizerError
 from chargen.files import (
     BOM,
+    cache_root,
     clean_leftovers,
     not_utf8,
     read_capped,
@@ -36,18 +36,9 @@ from chargen.text.tokenizer import Tokenizer
 
 CHUNK_BYTES = 1 << 24  # 16 MB of a file at a time
 CACHE_VERSION = 2  # 2: entries carry a checksum of their tokens
-ENV_CACHE = "CHARGEN_CACHE"
 
 Progress = Callable[[int], None]  # called with bytes processed since the last call
 PhaseProgress = Callable[[str, int], None]  # the same, with the pass: hashing, vocabulary, tokens
-
-
-def cache_root() -> Path:
-    """``$CHARGEN_CACHE``, else ``$XDG_CACHE_HOME/chargen``, else ``~/.cache/chargen``."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "chargen"
 
 
 # ---------------------------------------------------------------------------- sources
