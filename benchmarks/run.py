@@ -142,20 +142,23 @@ def chargen_tokens_per_sec(corpus: Path, seconds: float, env: dict) -> dict:
 
 def bench_throughput(corpus: Path, seconds: float, env: dict) -> dict:
     """Baseline and chargen in turn, so that a slow spell of the machine falls on both."""
-    from chargen.config import ModelConfig, TrainConfig
+    from chargen.config import TrainConfig, default_width
+    from chargen.model.device import cpu_has_bf16
     from chargen.text.tokenizer import Tokenizer
 
     text = corpus.read_text(encoding="utf-8")
     tokenizer = Tokenizer.from_characters(set(text))
     ids = torch.from_numpy(tokenizer.encode(text))
-    model, train = ModelConfig(), TrainConfig()
+    train = TrainConfig()
+    width = default_width(cpu_float32=not cpu_has_bf16())  # the width chargen's run takes here
     baseline = plain_lstm_tokens_per_sec(
-        ids, tokenizer.vocab_size, model.hidden_size, train.batch_size, train.seq_len, seconds
+        ids, tokenizer.vocab_size, width, train.batch_size, train.seq_len, seconds
     )
     ours = chargen_tokens_per_sec(corpus, seconds, env)["step_tokens_per_sec"]
     if ours is None:
         raise SystemExit("throughput: chargen trained no step; give a longer --throughput-time")
     return {
+        "width": width,
         "baseline_fp32_tokens_per_sec": baseline,
         "chargen_tokens_per_sec": ours,
         "speedup": ours / baseline,

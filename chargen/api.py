@@ -428,7 +428,8 @@ def train(
     ``options`` are the command line's options as keywords: ``time="2m"``, ``max_steps=500``,
     ``hidden=512``, ``level="word"``, ``cell="gru"``, ... (or the config fields they set).
     Without a limit (``max_steps``, ``epochs`` or ``time``) training runs 10 epochs. Without
-    ``dropout`` (or with None) a new run takes it from its corpus's size, as ``--dropout`` does.
+    ``dropout`` (or with None) a new run takes it from its corpus's size, as ``--dropout`` does;
+    without ``hidden``, 512 units, or 448 on a CPU that trains in float32 (``default_width``).
     ``on_step(trainer)`` and ``on_eval(trainer, score)`` report progress; ``should_stop()`` is
     asked between steps and ends the run with a resumable checkpoint.
     """
@@ -467,8 +468,9 @@ def start(
         if not sources:
             raise UsageError("missing CORPUS (or --name NAME --resume to continue a run)")
         name = session.default_run_name(sources[0])
-    if options.get("dropout", 0) is None:
-        del options["dropout"]  # None: chosen from the corpus's size, as when not given
+    for chosen in ("dropout", "hidden", "hidden_size"):  # None: chosen as when not given
+        if chosen in options and options[chosen] is None:
+            del options[chosen]
     model_fields, train_fields = split_options(options)
     model_config, train_config = ModelConfig(**model_fields), TrainConfig(**train_fields)
     if not train_config.has_limit:

@@ -108,12 +108,26 @@ def corpus_dropout(train_tokens: int) -> float:
     return round(SMALL_CORPUS_DROPOUT * share * 20) / 20
 
 
+WIDTH = 512
+"""The hidden size of a new run without --hidden where products run in bf16 or on a GPU."""
+FLOAT32_WIDTH = 448
+"""The hidden size of a new run without --hidden on a CPU that multiplies in float32 only."""
+
+
+def default_width(cpu_float32: bool) -> int:
+    """The hidden size a new run takes when --hidden is not given: the width that learns most
+    in two minutes on 1 MB of text. A CPU training in float32 (no bf16 products, or
+    --precision fp32) steps 512 units about half as fast as one in bf16, and a narrower model's
+    extra steps then win (docs/experiments.md, 2026-12-07)."""
+    return FLOAT32_WIDTH if cpu_float32 else WIDTH
+
+
 @dataclass
 class ModelConfig:
     cell: str = "lstm"  # LSTM learns long dependencies the plain RNN's vanishing gradients lose
     vocab_size: int = 0  # filled in from the tokenizer
     embedding_dim: int = 64  # a character needs far fewer dimensions than the hidden state
-    hidden_size: int = 512  # the width that trains best in two CPU minutes on 1 MB of text
+    hidden_size: int = WIDTH  # a new run without --hidden takes default_width(its hardware)
     num_layers: int = 1  # one wide layer beats two narrow ones per CPU-second at this scale
     dropout: float = 0.0  # a new run without --dropout takes corpus_dropout(its corpus size)
     tie_weights: bool = (

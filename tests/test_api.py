@@ -14,7 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import chargen
-from chargen.config import LARGE_CORPUS, SMALL_CORPUS, SMALL_CORPUS_DROPOUT, corpus_dropout
+from chargen.config import (
+    FLOAT32_WIDTH,
+    LARGE_CORPUS,
+    SMALL_CORPUS,
+    SMALL_CORPUS_DROPOUT,
+    WIDTH,
+    corpus_dropout,
+)
 from tests.abc_fixtures import train_tiny_abc
 
 TINY = dict(
@@ -108,6 +115,26 @@ def test_a_small_corpus_gets_dropout_unless_dropout_is_given(corpus):
         session = chargen.start(corpus, name="given", force=True, dropout=asked, **TINY)
         assert session.trainer.model.config.dropout == expected
         session.close()
+
+
+@pytest.mark.parametrize(
+    "has_bf16, precision, width",
+    [(True, "auto", WIDTH), (False, "auto", FLOAT32_WIDTH), (True, "fp32", FLOAT32_WIDTH)],
+)
+def test_a_new_run_without_hidden_takes_the_width_its_cpu_trains_best(
+    corpus, monkeypatch, has_bf16, precision, width
+):
+    monkeypatch.setattr("chargen.model.device.cpu_has_bf16", lambda: has_bf16)
+    options = {**TINY, "precision": precision, "device": "cpu"}
+    del options["hidden"]
+    for hidden, expected in ((None, width), (40, 40)):
+        session = chargen.start(corpus, name="wide", force=True, hidden=hidden, **options)
+        assert session.trainer.model.config.hidden_size == expected
+        session.close()
+    # tied weights need the embedding's width
+    session = chargen.start(corpus, name="tied", **{**options, "tie_weights": True})
+    assert session.trainer.model.config.hidden_size == TINY["embedding"]
+    session.close()
 
 
 @given(st.integers(1, 10**7), st.integers(1, 10**7))

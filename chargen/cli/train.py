@@ -23,7 +23,15 @@ from chargen.cli.base import (
     given,
     stop_on_interrupt,
 )
-from chargen.config import CELLS, LEVELS, SCHEDULES, ModelConfig, TrainConfig
+from chargen.config import (
+    CELLS,
+    FLOAT32_WIDTH,
+    LEVELS,
+    SCHEDULES,
+    WIDTH,
+    ModelConfig,
+    TrainConfig,
+)
 
 _D = TrainConfig()
 _M = ModelConfig()
@@ -62,9 +70,9 @@ _M = ModelConfig()
 @click.option(
     "--hidden",
     type=click.IntRange(1),
-    default=_M.hidden_size,
-    show_default=True,
-    help="Hidden state size.",
+    default=None,
+    help=f"Hidden state size (default: {WIDTH}, or {FLOAT32_WIDTH} on a CPU that trains in "
+    "float32: without bf16 products, or with --precision fp32).",
 )
 @click.option(
     "--embedding",
@@ -80,7 +88,11 @@ _M = ModelConfig()
     help="Dropout on the input and output of the cells (default: 0.5 for a corpus under "
     "100,000 training tokens, falling to none from 400,000).",
 )
-@click.option("--tie-weights", is_flag=True, help="Share input and output embeddings.")
+@click.option(
+    "--tie-weights",
+    is_flag=True,
+    help="Share input and output embeddings (the width is then --embedding's).",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(1),

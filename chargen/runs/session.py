@@ -20,7 +20,14 @@ from typing import IO, Any
 
 import torch
 
-from chargen.config import ModelConfig, TrainConfig, corpus_dropout, option_name, to_dict
+from chargen.config import (
+    ModelConfig,
+    TrainConfig,
+    corpus_dropout,
+    default_width,
+    option_name,
+    to_dict,
+)
 from chargen.errors import CorpusError, UsageError
 from chargen.metrics import Score
 from chargen.model.device import pick_device, set_threads, use_bf16
@@ -200,6 +207,8 @@ def start_training(
         model_config, train_config, corpus = _resumed_configs(run, given or {}, corpus)
     elif not corpus:
         raise UsageError("missing CORPUS: the text to train on")
+    if run is None and model_config.tie_weights and "hidden_size" not in (given or {}):
+        model_config = replace(model_config, hidden_size=model_config.embedding_dim)
     train_config.validate()
     model_config.validate()
 
@@ -207,10 +216,9 @@ def start_training(
     saved_tokenizer = store.load_tokenizer(run) if run is not None else None
     tokenizer, arrays = _tokenize(corpus, saved_tokenizer, train_config, world, progress)
     if run is None:
-        chosen = (
-            {} if "dropout" in (given or {}) else {"dropout": corpus_dropout(len(arrays.train))}
+        model_config = _new_model_config(
+            model_config, train_config, given or {}, device, tokenizer, arrays
         )
-        model_config = replace(model_config, vocab_size=tokenizer.vocab_size, **chosen)
     trainer, warnings = _make_trainer(
         corpus, tokenizer, arrays, model_config, train_config, device, world
     )
@@ -228,6 +236,25 @@ def start_training(
     except BaseException:
         trainer.close()  # its worker threads; a session closes them after training
         raise
+
+
+def _new_model_config(
+    config: ModelConfig,
+    train_config: TrainConfig,
+    given: dict[str, Any],
+    device: torch.device,
+    tokenizer: Tokenizer,
+    arrays: corpus_module.TokenArrays,
+) -> ModelConfig:
+    """A new run's model config: the options not given chosen from the corpus (dropout) and
+    the hardware (the width, unless tied weights made it the embedding's)."""
+    chosen: dict[str, Any] = {"vocab_size": tokenizer.vocab_size}
+    if "dropout" not in given:
+        chosen["dropout"] = corpus_dropout(len(arrays.train))
+    if "hidden_size" not in given and not config.tie_weights:
+        cpu_float32 = device.type == "cpu" and not use_bf16(device, train_config.precision)
+        chosen["hidden_size"] = default_width(cpu_float32)
+    return replace(config, **chosen)
 
 
 def _resumed_configs(
