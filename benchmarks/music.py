@@ -9,9 +9,10 @@ Run on a quiet machine (another busy process slows training many times over):
 Steps, all through the ``chargen`` command line except the figures' arithmetic:
 
 1. ``chargen corpus folk`` builds corpora/folk.abc from music21's collections;
-2. ``chargen train corpora/folk.abc --level abc --time T`` with chargen's defaults (the
-   README's recipe); ``--ship`` then copies the run's best weights, tokenizer and run.json to
-   chargen/pretrained/folk, the model ``chargen sample folk`` finds after install;
+2. ``chargen train corpora/folk.abc --level abc --hidden 512 --time T``, chargen's defaults
+   otherwise (the README's recipe; 512 units whatever the CPU); ``--ship`` then copies the
+   run's best weights, tokenizer and run.json to chargen/pretrained/folk, the model ``chargen
+   sample folk`` finds after install;
 3. for each temperature (0.5, 0.8, 1.0), with the grammar and with ``--free``, and for each
    seed, ``chargen sample folk --num N --json``: how long it took, then ``chargen abc check``
    (validity, a music21 parse, novelty against the corpus) and ``chargen abc stats`` (bars,
@@ -134,11 +135,11 @@ def in_dance_meter(path: Path) -> float | None:
 
 def train(args, env: dict) -> dict:
     started = time.perf_counter()
-    out = chargen("train", str(CORPUS), "--level", "abc", "--name", "folk", "--force",
-                  "--time", args.train_time, "--json", "--quiet", env=env)  # fmt: skip
+    out = chargen("train", str(CORPUS), "--level", "abc", "--hidden", "512", "--name", "folk",
+                  "--force", "--time", args.train_time, "--json", "--quiet", env=env)  # fmt: skip
     return json.loads(out.stdout) | {
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "options": f"--level abc --time {args.train_time} (chargen's defaults otherwise)",
+        "options": f"--level abc --hidden 512 --time {args.train_time} (defaults otherwise)",
     }
 
 

@@ -141,22 +141,23 @@ def chargen_tokens_per_sec(corpus: Path, seconds: float, env: dict) -> dict:
 
 
 def bench_throughput(corpus: Path, seconds: float, env: dict) -> dict:
-    """Baseline and chargen in turn, so that a slow spell of the machine falls on both."""
-    from chargen.config import TrainConfig, default_width
-    from chargen.model.device import cpu_has_bf16
+    """chargen and the baseline in turn, so that a slow spell of the machine falls on both; the
+    baseline at the width chargen's run took here."""
+    from chargen.config import TrainConfig
     from chargen.text.tokenizer import Tokenizer
 
+    ours = chargen_tokens_per_sec(corpus, seconds, env)["step_tokens_per_sec"]
+    if ours is None:
+        raise SystemExit("throughput: chargen trained no step; give a longer --throughput-time")
+    run = Path(env["CHARGEN_CHECKPOINTS"]) / "throughput" / "run.json"
+    width = json.loads(run.read_text(encoding="utf-8"))["model"]["hidden_size"]  # this machine's
     text = corpus.read_text(encoding="utf-8")
     tokenizer = Tokenizer.from_characters(set(text))
     ids = torch.from_numpy(tokenizer.encode(text))
     train = TrainConfig()
-    width = default_width(cpu_float32=not cpu_has_bf16())  # the width chargen's run takes here
     baseline = plain_lstm_tokens_per_sec(
         ids, tokenizer.vocab_size, width, train.batch_size, train.seq_len, seconds
     )
-    ours = chargen_tokens_per_sec(corpus, seconds, env)["step_tokens_per_sec"]
-    if ours is None:
-        raise SystemExit("throughput: chargen trained no step; give a longer --throughput-time")
     return {
         "width": width,
         "baseline_fp32_tokens_per_sec": baseline,

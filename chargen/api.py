@@ -429,7 +429,8 @@ def train(
     ``hidden=512``, ``level="word"``, ``cell="gru"``, ... (or the config fields they set).
     Without a limit (``max_steps``, ``epochs`` or ``time``) training runs 10 epochs. Without
     ``dropout`` (or with None) a new run takes it from its corpus's size, as ``--dropout`` does;
-    without ``hidden``, 512 units, or 448 on a CPU that trains in float32 (``default_width``).
+    without ``hidden``, 512 units, or 448 on a CPU that trains in float32 (``default_width``);
+    with ``tie_weights``, ``hidden`` and ``embedding`` are one width.
     ``on_step(trainer)`` and ``on_eval(trainer, score)`` report progress; ``should_stop()`` is
     asked between steps and ends the run with a resumable checkpoint.
     """
@@ -468,7 +469,8 @@ def start(
         if not sources:
             raise UsageError("missing CORPUS (or --name NAME --resume to continue a run)")
         name = session.default_run_name(sources[0])
-    for chosen in ("dropout", "hidden", "hidden_size"):  # None: chosen as when not given
+    chosen_when_missing = ("dropout", "hidden", "hidden_size", "embedding", "embedding_dim")
+    for chosen in chosen_when_missing:  # None: chosen as when not given
         if chosen in options and options[chosen] is None:
             del options[chosen]
     model_fields, train_fields = split_options(options)

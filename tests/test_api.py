@@ -131,10 +131,35 @@ def test_a_new_run_without_hidden_takes_the_width_its_cpu_trains_best(
         session = chargen.start(corpus, name="wide", force=True, hidden=hidden, **options)
         assert session.trainer.model.config.hidden_size == expected
         session.close()
-    # tied weights need the embedding's width
-    session = chargen.start(corpus, name="tied", **{**options, "tie_weights": True})
-    assert session.trainer.model.config.hidden_size == TINY["embedding"]
-    session.close()
+
+
+@pytest.mark.parametrize(
+    "widths, expected",
+    [({}, (FLOAT32_WIDTH, FLOAT32_WIDTH)), ({"hidden": 24}, (24, 24)), ({"embedding": 8}, (8, 8))],
+)
+def test_tied_weights_take_one_width_the_given_one_or_the_default(
+    corpus, monkeypatch, widths, expected
+):
+    monkeypatch.setattr("chargen.model.device.cpu_has_bf16", lambda: False)
+    options = {k: v for k, v in TINY.items() if k not in ("hidden", "embedding")}
+    session = chargen.start(corpus, name="tied", tie_weights=True, **options, **widths)
+    try:
+        config = session.trainer.model.config
+        assert (config.hidden_size, config.embedding_dim) == expected
+    finally:
+        session.close()
+
+
+def test_a_resumed_run_keeps_its_width_on_any_hardware(corpus, monkeypatch):
+    options = {k: v for k, v in TINY.items() if k not in ("hidden", "precision")}
+    monkeypatch.setattr("chargen.model.device.cpu_has_bf16", lambda: False)
+    chargen.train(corpus, name="moved", **{**options, "max_steps": 2})
+    monkeypatch.setattr("chargen.model.device.cpu_has_bf16", lambda: True)  # a new run: WIDTH
+    session = chargen.start(name="moved", resume=True, max_steps=3)  # no step: no bf16 here
+    try:
+        assert session.trainer.model.config.hidden_size == FLOAT32_WIDTH
+    finally:
+        session.close()
 
 
 @given(st.integers(1, 10**7), st.integers(1, 10**7))

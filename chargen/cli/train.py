@@ -77,9 +77,8 @@ _M = ModelConfig()
 @click.option(
     "--embedding",
     type=click.IntRange(1),
-    default=_M.embedding_dim,
-    show_default=True,
-    help="Token embedding size.",
+    default=None,
+    help=f"Token embedding size (default: {_M.embedding_dim}; with --tie-weights, the width).",
 )
 @click.option(
     "--dropout",
@@ -91,7 +90,8 @@ _M = ModelConfig()
 @click.option(
     "--tie-weights",
     is_flag=True,
-    help="Share input and output embeddings (the width is then --embedding's).",
+    help="Share input and output embeddings: --hidden and --embedding become one width "
+    "(whichever is given, else the default --hidden).",
 )
 @click.option(
     "--batch-size",

@@ -207,18 +207,20 @@ def start_training(
         model_config, train_config, corpus = _resumed_configs(run, given or {}, corpus)
     elif not corpus:
         raise UsageError("missing CORPUS: the text to train on")
-    if run is None and model_config.tie_weights and "hidden_size" not in (given or {}):
-        model_config = replace(model_config, hidden_size=model_config.embedding_dim)
     train_config.validate()
+    if run is None:  # before the corpus is read, so a bad combination fails at once
+        device = pick_device(train_config.device)
+        model_config = _width(model_config, given or {}, device, train_config.precision)
     model_config.validate()
 
     device, world = _hardware(train_config)
     saved_tokenizer = store.load_tokenizer(run) if run is not None else None
     tokenizer, arrays = _tokenize(corpus, saved_tokenizer, train_config, world, progress)
     if run is None:
-        model_config = _new_model_config(
-            model_config, train_config, given or {}, device, tokenizer, arrays
+        chosen = (
+            {} if "dropout" in (given or {}) else {"dropout": corpus_dropout(len(arrays.train))}
         )
+        model_config = replace(model_config, vocab_size=tokenizer.vocab_size, **chosen)
     trainer, warnings = _make_trainer(
         corpus, tokenizer, arrays, model_config, train_config, device, world
     )
@@ -238,23 +240,22 @@ def start_training(
         raise
 
 
-def _new_model_config(
-    config: ModelConfig,
-    train_config: TrainConfig,
-    given: dict[str, Any],
-    device: torch.device,
-    tokenizer: Tokenizer,
-    arrays: corpus_module.TokenArrays,
+def _width(
+    config: ModelConfig, given: dict[str, Any], device: torch.device, precision: str
 ) -> ModelConfig:
-    """A new run's model config: the options not given chosen from the corpus (dropout) and
-    the hardware (the width, unless tied weights made it the embedding's)."""
-    chosen: dict[str, Any] = {"vocab_size": tokenizer.vocab_size}
-    if "dropout" not in given:
-        chosen["dropout"] = corpus_dropout(len(arrays.train))
-    if "hidden_size" not in given and not config.tie_weights:
-        cpu_float32 = device.type == "cpu" and not use_bf16(device, train_config.precision)
-        chosen["hidden_size"] = default_width(cpu_float32)
-    return replace(config, **chosen)
+    """A new run's widths where no option set them: the hidden size is ``default_width`` of
+    the hardware; tied weights need one width for both, the one given if either is."""
+    cpu_float32 = device.type == "cpu" and not use_bf16(device, precision)
+    width = default_width(cpu_float32)
+    if not config.tie_weights:
+        return config if "hidden_size" in given else replace(config, hidden_size=width)
+    if "hidden_size" in given:
+        width = config.hidden_size
+    elif "embedding_dim" in given:
+        width = config.embedding_dim
+    hidden = config.hidden_size if "hidden_size" in given else width
+    embedding = config.embedding_dim if "embedding_dim" in given else width
+    return replace(config, hidden_size=hidden, embedding_dim=embedding)
 
 
 def _resumed_configs(
