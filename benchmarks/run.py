@@ -143,14 +143,15 @@ def chargen_tokens_per_sec(corpus: Path, seconds: float, env: dict) -> dict:
 def bench_throughput(corpus: Path, seconds: float, env: dict) -> dict:
     """chargen and the baseline in turn, so that a slow spell of the machine falls on both; the
     baseline at the width chargen's run took here."""
+    import chargen
     from chargen.config import TrainConfig
     from chargen.text.tokenizer import Tokenizer
 
     ours = chargen_tokens_per_sec(corpus, seconds, env)["step_tokens_per_sec"]
     if ours is None:
         raise SystemExit("throughput: chargen trained no step; give a longer --throughput-time")
-    run = Path(env["CHARGEN_CHECKPOINTS"]) / "throughput" / "run.json"
-    width = json.loads(run.read_text(encoding="utf-8"))["model"]["hidden_size"]  # this machine's
+    runs = chargen.list_runs(env["CHARGEN_CHECKPOINTS"])
+    width = next(r for r in runs if r.name == "throughput").model_config.hidden_size
     text = corpus.read_text(encoding="utf-8")
     tokenizer = Tokenizer.from_characters(set(text))
     ids = torch.from_numpy(tokenizer.encode(text))
