@@ -27,6 +27,8 @@ from chargen.generation.sampling import (
     stream_start,
     uniforms,
 )
+from chargen.model import compiled
+from chargen.model.compiled import CompiledStepper
 from chargen.model.device import use_bf16
 from chargen.model.rnn import Hidden, RNNLanguageModel, join_hidden, select_hidden
 from chargen.model.stepper import Stepper
@@ -106,7 +108,7 @@ class Engine:
         self._state = _RowState.of([], 0)  # per-row counters, in row order
         self._steps = 0  # steps taken: what the rows' ends are counted in
         self._bf16 = use_bf16(self.device, "auto")
-        self._steppers: dict[bool, Stepper] = {}
+        self._steppers: dict[bool, Stepper | CompiledStepper] = {}
         self._rows: _Rows | None = None  # per-row settings, rebuilt when the rows change
 
     def __len__(self) -> int:
@@ -263,12 +265,16 @@ class Engine:
         hidden = select_hidden(self.hidden, origin)
         self.logits, self.hidden = self._stepper(len(kept))(tokens[index], hidden)
 
-    def _stepper(self, rows: int) -> Stepper:
-        """bf16 products for many rows where the hardware has them; float32 for few."""
+    def _stepper(self, rows: int) -> Stepper | CompiledStepper:
+        """bf16 products for many rows where the hardware has them; for the rest the compiled
+        LSTM step where it runs (bf16 weights, float32 sums), else torch's float32 products."""
         bf16 = self._bf16 and rows >= BF16_MIN_ROWS
         if bf16 not in self._steppers:
-            # The product ahead (output and recurrent weights at once) pays for many rows.
-            self._steppers[bf16] = Stepper(self.model, bf16, chained=bf16, never=(UNK_ID,))
+            if not bf16 and compiled.available(self.model, self.device):
+                self._steppers[bf16] = CompiledStepper(self.model, never=(UNK_ID,))
+            else:
+                # The product ahead (output and recurrent weights at once) pays for many rows.
+                self._steppers[bf16] = Stepper(self.model, bf16, chained=bf16, never=(UNK_ID,))
         return self._steppers[bf16]
 
 
@@ -301,6 +307,7 @@ class _RowState:
     def __init__(self, sequences, ends, logprob, forced, draws=None):
         self.sequences = sequences  # the rows' sequences, in row order
         self.ends = ends  # int64: the step count at which each row has written its last token
+        self.next_end = int(ends.min()) if len(ends) else 0  # rows never change their ends
         self.logprob = logprob  # float64 tensor
         self.forced = forced  # int64
         self.draws = draws  # (N, k) float64: each row's next random draws, None to compute
@@ -359,12 +366,9 @@ class _RowState:
             logprobs[forced] = 0.0
             self.forced[forced] += 1
         self.logprob += logprobs.cpu()
-        if stopped or now >= self._next_end():
+        if stopped or now >= self.next_end:
             return sorted(set(np.flatnonzero(self.ends <= now).tolist()) | stopped)
         return None
-
-    def _next_end(self) -> int:
-        return int(self.ends.min()) if len(self.ends) else 0
 
     def write_back(self, rows) -> None:
         for row in rows:

@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chargen.files import cache_root
+from chargen.model import native
 
 ENV_SWITCH = "CHARGEN_AMX"
 SOURCE = Path(__file__).with_name("lstm_amx.c")
@@ -41,30 +38,7 @@ CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512f", "avx512bw", "avx5
 
 
 def _cpu_has_amx() -> bool:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(CPU_FLAGS) <= set(line.split(":", 1)[1].split())
-    return False
-
-
-def _build(target: Path) -> None:
-    """Compiles the kernel to ``target``, written under another name and renamed, so a
-    process that loads it never sees half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.part")
-    os.close(handle)
-    try:
-        compiler = os.environ.get("CC", "cc")
-        command = [compiler, *FLAGS, str(SOURCE), "-o", partial]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+    return set(CPU_FLAGS) <= native.cpu_flags()
 
 
 @functools.cache
@@ -73,15 +47,8 @@ def kernel() -> ctypes.CDLL | None:
     docstring). Built once per version of the source and cached on disk."""
     if os.environ.get(ENV_SWITCH) != "1" or not _cpu_has_amx():
         return None
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target = cache_root() / "kernels" / f"lstm_amx-{digest}.so"
-    try:
-        if not target.exists():
-            _build(target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if lib.amx_request() != 0:
+    lib = native.load(SOURCE, tuple(FLAGS), ())
+    if lib is None or lib.amx_request() != 0:
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int
     lib.lstm_forward.argtypes = [size] * 4 + [pointer] * 9

@@ -1,0 +1,146 @@
+"""The LSTM's one-token step for a few streams on a compiled kernel (``lstm_step.c``).
+
+Sampling one stream is one small matrix product a token with a weight too big for a core's
+cache, plus a dozen torch calls of a few microseconds each. ``CompiledStepper`` does a layer's
+product, its cell and the output logits in one call, with the recurrent weights in bf16 split
+by hidden unit across the threads so that each core keeps its share in its own L2 between
+tokens (docs/experiments.md, 2026-12-07 afternoon). State, sums and the output layer stay
+float32; the bf16 weights move the model's log-probabilities by about 1e-3 nats a token.
+
+It takes and gives what ``Stepper`` does, and each row's numbers are the same whatever rows run
+beside it. It exists only for LSTMs whose width is a multiple of 8, on x86 CPUs with AVX2 and
+FMA, where the system's C compiler builds the kernel (``chargen.model.native``); ``available``
+says whether that holds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+
+from chargen.model import native
+from chargen.model.rnn import Hidden, RNNLanguageModel
+
+SOURCE = Path(__file__).with_name("lstm_step.c")
+FLAGS = ("-O2", "-shared", "-fPIC", "-fopenmp", "-mavx2", "-mfma")
+CPU_FLAGS = ("avx2", "fma")
+BLOCK = 8  # hidden units a block: the kernel's packing and its width rule
+
+
+@functools.cache
+def kernel() -> ctypes.CDLL | None:
+    lib = native.load(SOURCE, FLAGS, CPU_FLAGS)
+    if lib is not None:
+        size, pointer = ctypes.c_int, ctypes.c_void_p
+        lib.lstm_step.argtypes = [size] * 5 + [pointer] * 12
+        lib.lstm_step.restype = None
+    return lib
+
+
+def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+def available(model: RNNLanguageModel, device: torch.device) -> bool:
+    """Whether ``model`` can step on the kernel on ``device``."""
+    config = model.config
+    return (
+        device.type == "cpu"
+        and config.cell == "lstm"
+        and config.hidden_size % BLOCK == 0
+        and kernel() is not None
+    )
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (K, 4H), gates i, f, g, o side by side, as the kernel reads it: bf16, for each
+    block of 8 units and each k the block's 32 gate values in one line, i and f of each unit in
+    turn and then g and o, (H / 8, K, 2, 8, 2)."""
+    rows, gates = weight.shape
+    hidden = gates // 4
+    pairs = weight.view(
+        rows, 2, 2, hidden // BLOCK, BLOCK
+    )  # (k, pair, gate of the pair, block, unit)
+    return pairs.permute(3, 0, 1, 4, 2).bfloat16().contiguous()
+
+
+class CompiledStepper:
+    """One-token steps of an LSTM language model on the kernel: ``Stepper``'s interface and
+    cell, with bf16 recurrent and input weights."""
+
+    def __init__(self, model: RNNLanguageModel, never: tuple[int, ...] = ()):
+        self.lib = kernel()
+        config = model.config
+        self.num_layers, self.hidden_size = config.num_layers, config.hidden_size
+        rnn, hidden = model.rnn, config.hidden_size
+        doubled = torch.ones(4 * hidden)
+        doubled[2 * hidden : 3 * hidden] = 2  # the cell gate: tanh(x) = 2 sigmoid(2x) - 1
+        with torch.no_grad():
+            weights = [
+                {
+                    name: getattr(rnn, f"{name}_l{k}").float()
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                }
+                for k in range(self.num_layers)
+            ]
+            bias = [(w["bias_ih"] + w["bias_hh"]) * doubled for w in weights]
+            # (V, 4H): every token's first-layer input gates, biases included
+            first = weights[0]
+            table = model.embedding.weight.float() @ (first["weight_ih"].t() * doubled)
+            self.table = (table + bias[0]).contiguous()
+            self._w_hh = [pack(w["weight_hh"].t() * doubled) for w in weights]
+            self._w_ih = [None] + [pack(w["weight_ih"].t() * doubled) for w in weights[1:]]
+            self.bias = [None] + [b.contiguous() for b in bias[1:]]
+            head = model.head
+            self.vocab_size = head.weight.shape[0]
+            padded = -self.vocab_size % 8
+            self.w_out = torch.nn.functional.pad(head.weight.float().t(), (0, padded)).contiguous()
+            b_out = head.bias.float().clone()
+            b_out[list(never)] = -torch.inf  # tokens never to write get no probability
+            self.b_out = torch.nn.functional.pad(b_out, (0, padded), value=-torch.inf)
+        # the kernel's fixed arguments, converted for ctypes once (the tensors stay referenced)
+        self.starts = [_pointer(self.table)] + [_pointer(b) for b in self.bias[1:]]
+        self.w_ih = [None] + [_pointer(w) for w in self._w_ih[1:]]
+        self.w_hh = [_pointer(w) for w in self._w_hh]
+        self.output = (_pointer(self.w_out), _pointer(self.b_out))
+
+    def __call__(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """Logits (N, V) for tokens ``ids`` (N,) and the next hidden state."""
+        h_all, c_all = (_plain(state) for state in hidden)
+        if ids.dtype != torch.int64 or not ids.is_contiguous():
+            ids = ids.to(torch.int64).contiguous()
+        layers, rows, width = h_all.shape
+        new = h_all.new_empty(2, layers, rows, width)  # h and c in one allocation
+        logits = self.w_out.new_empty(rows, self.w_out.shape[1])
+        threads = torch.get_num_threads()
+        for k in range(layers):
+            last = k == layers - 1
+            self.lib.lstm_step(
+                rows,
+                width,
+                width if k else 0,
+                self.w_out.shape[1],
+                threads,
+                self.starts[k],
+                ids.data_ptr() if k == 0 else None,
+                new[0, k - 1].data_ptr() if k else None,
+                self.w_ih[k],
+                self.w_hh[k],
+                h_all[k].data_ptr(),
+                c_all[k].data_ptr(),
+                new[0, k].data_ptr(),
+                new[1, k].data_ptr(),
+                *(self.output if last else (None, None)),
+                logits.data_ptr() if last else None,
+            )
+        return logits[:, : self.vocab_size], (new[0], new[1])
+
+
+def _plain(state: torch.Tensor) -> torch.Tensor:
+    """``state`` as float32 in one contiguous block, copied only when it is not."""
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        state = state.float().contiguous()
+    return state
