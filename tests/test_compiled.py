@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargen.generation.engine import Engine, Sequence
+from chargen.generation.engine import MANY_ROWS, Engine, Sequence
 from chargen.generation.sampling import sequence_key
 from chargen.model import compiled, native
 from chargen.model.compiled import CompiledStepper
@@ -108,6 +108,8 @@ def test_the_engine_samples_an_lstm_on_the_kernel_and_the_same_text_beside_other
     model = lstm()
     engine = Engine(model)
     assert isinstance(engine._stepper(1), CompiledStepper)
+    assert isinstance(engine._stepper(MANY_ROWS - 1), CompiledStepper)
+    assert isinstance(engine._stepper(MANY_ROWS), Stepper)  # torch's batched products
 
     def run(sequences):
         engine = Engine(model)

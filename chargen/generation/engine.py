@@ -36,9 +36,11 @@ from chargen.model.stepper import Stepper
 UNK_ID = 0
 """The tokenizers' ``<unk>``: never generated."""
 
-BF16_MIN_ROWS = 16
-"""Fewest rows for which bf16 products pay off (where the CPU has them); one row runs faster in
-float32."""
+MANY_ROWS = 16
+"""Fewest rows that step on torch's batched products, in bf16 where the CPU has them. Fewer rows
+step on the compiled LSTM step where it runs (``chargen.model.compiled``): for one stream it
+takes a third of torch's time; for 64 float32 streams torch was 4-15% faster (docs/experiments.md,
+2026-12-07 afternoon)."""
 
 
 class Control:
@@ -108,7 +110,7 @@ class Engine:
         self._state = _RowState.of([], 0)  # per-row counters, in row order
         self._steps = 0  # steps taken: what the rows' ends are counted in
         self._bf16 = use_bf16(self.device, "auto")
-        self._steppers: dict[bool, Stepper | CompiledStepper] = {}
+        self._steppers: dict[str, Stepper | CompiledStepper] = {}
         self._rows: _Rows | None = None  # per-row settings, rebuilt when the rows change
 
     def __len__(self) -> int:
@@ -266,16 +268,21 @@ class Engine:
         self.logits, self.hidden = self._stepper(len(kept))(tokens[index], hidden)
 
     def _stepper(self, rows: int) -> Stepper | CompiledStepper:
-        """bf16 products for many rows where the hardware has them; for the rest the compiled
-        LSTM step where it runs (bf16 weights, float32 sums), else torch's float32 products."""
-        bf16 = self._bf16 and rows >= BF16_MIN_ROWS
-        if bf16 not in self._steppers:
-            if not bf16 and compiled.available(self.model, self.device):
-                self._steppers[bf16] = CompiledStepper(self.model, never=(UNK_ID,))
+        """The compiled step for few rows where it runs; else torch's products, in bf16 for many
+        rows where the hardware has them and in float32 otherwise. A row's numbers (and so a
+        seeded sequence's text) are the same at any row count on one side of ``MANY_ROWS``."""
+        many = rows >= MANY_ROWS
+        kind = "bf16" if many and self._bf16 else "float32"
+        if not many and compiled.available(self.model, self.device):
+            kind = "compiled"
+        if kind not in self._steppers:
+            if kind == "compiled":
+                self._steppers[kind] = CompiledStepper(self.model, never=(UNK_ID,))
             else:
                 # The product ahead (output and recurrent weights at once) pays for many rows.
-                self._steppers[bf16] = Stepper(self.model, bf16, chained=bf16, never=(UNK_ID,))
-        return self._steppers[bf16]
+                bf16 = kind == "bf16"
+                self._steppers[kind] = Stepper(self.model, bf16, chained=bf16, never=(UNK_ID,))
+        return self._steppers[kind]
 
 
 class _Rows:

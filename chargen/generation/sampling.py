@@ -3,8 +3,9 @@
 ``choose`` takes every setting as a per-row tensor, so one call serves a batch whose rows belong
 to different requests with different settings. Each row's random draws come from its own
 counter-based stream (``uniforms``): the t-th draw of a sequence depends only on the sequence's
-key and t, so a seeded sequence gives the same text alone, in a batch of 64, or beside strangers
-on a server. Nothing here knows about models or text.
+key and t, so a seeded sequence draws the same numbers alone, in a batch of 64, or beside
+strangers on a server (its text is the same wherever its logits are: the engine's steppers
+change at 16 rows). Nothing here knows about models or text.
 """
 
 from __future__ import annotations
