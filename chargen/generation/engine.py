@@ -40,7 +40,7 @@ MANY_ROWS = 16
 """Fewest rows that step on torch's batched products, in bf16 where the CPU has them. Fewer rows
 step on the compiled LSTM step where it runs (``chargen.model.compiled``): for one stream it
 takes a third of torch's time; for 64 float32 streams torch was 4-15% faster (docs/experiments.md,
-2026-12-07 afternoon)."""
+2026-12-07, later)."""
 
 
 class Control:

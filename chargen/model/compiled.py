@@ -4,8 +4,8 @@ Sampling one stream is one small matrix product a token with a weight too big fo
 cache, plus a dozen torch calls of a few microseconds each. ``CompiledStepper`` does a layer's
 product, its cell and the output logits in one call, with the recurrent weights in bf16 split
 by hidden unit across the threads so that each core keeps its share in its own L2 between
-tokens (docs/experiments.md, 2026-12-07 afternoon). State, sums and the output layer stay
-float32; the bf16 weights move the model's log-probabilities by about 1e-3 nats a token.
+tokens (docs/experiments.md, 2026-12-07, later). State, sums and the output layer stay
+float32; on 4,000 characters of tinyshakespeare the mean log-loss moved by 2e-6 nats.
 
 It takes and gives what ``Stepper`` does, and each row's numbers are the same whatever rows run
 beside it. It exists only for LSTMs whose width is a multiple of 8, on x86 CPUs with AVX2 and
