@@ -3,8 +3,9 @@
 Sampling one stream is one small matrix product a token with a weight too big for a core's
 cache, plus a dozen torch calls of a few microseconds each. ``CompiledStepper`` does a layer's
 product, its cell and the output logits in one call, with the recurrent weights in bf16 split
-by hidden unit across the threads so that each core keeps its share in its own L2 between
-tokens (docs/experiments.md, 2026-12-07, later). State, sums and the output layer stay
+by hidden unit across the threads: half the bytes of float32 to read a token, and each core's
+share stays in its own L2 between tokens where it fits (0.8 MB each for two threads at 448
+units; docs/experiments.md, 2026-12-07, later). State, sums and the output layer stay
 float32; on 4,000 characters of tinyshakespeare the mean log-loss moved by 2e-6 nats.
 
 It takes and gives what ``Stepper`` does, and each row's numbers are the same whatever rows run

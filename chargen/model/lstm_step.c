@@ -2,16 +2,16 @@
  * and (for the last layer) the output logits in one call.
  *
  * Sampling one stream is a 1 x H by H x 4H product per token with a weight that is read whole
- * every time. In float32 that weight (3.2 MB at 448 units) lives in L3; here it is kept in bf16,
- * split by hidden unit across the threads, so that each thread's share (0.8 MB for two threads)
- * stays in its own core's L2 from one token to the next. The state, the sums and the output layer
- * stay float32.
+ * every time. In float32 that weight (3.2 MB at 448 units) is read from L3; here it is kept in
+ * bf16, half the bytes, split by hidden unit across the threads, so that each thread's share (0.8
+ * MB for two threads) stays in its own core's L2 from one token to the next where the L2 is big
+ * enough. The state, the sums and the output layer stay float32.
  *
  * Weights are packed by ``pack`` (python side, chargen/model/compiled.py): for each block of 8
  * hidden units and each input index k, the 32 values of the block's four gates (i, f, g, o, 8
  * units each) as bf16 in one 64-byte line: i and f of unit 0, i and f of unit 1, ..., then g and
- * o of each unit. The cell gate's weights and bias arrive
- * doubled, so one sigmoid serves all four gates: tanh(x) = 2 sigmoid(2x) - 1.
+ * o of each unit. The cell gate's weights and bias arrive doubled, so one sigmoid serves all
+ * four gates: tanh(x) = 2 sigmoid(2x) - 1.
  *
  * Every output value is summed in one fixed order (its start value, then k = 0, 1, ... in turn,
  * one fused multiply-add each), whatever the number of rows or threads: a stream's numbers do not
