@@ -26,10 +26,10 @@ def kernel():
         pytest.skip("the compiled step needs an x86 CPU with AVX2 and FMA and a C compiler")
 
 
-def lstm(layers=1, hidden=32, seed=0):
+def lstm(layers=1, hidden=32, seed=0, vocab=VOCAB):
     torch.manual_seed(seed)
     model = RNNLanguageModel(
-        tiny_model("lstm", vocab_size=VOCAB, num_layers=layers, hidden_size=hidden)
+        tiny_model("lstm", vocab_size=vocab, num_layers=layers, hidden_size=hidden)
     )
     with torch.no_grad():  # gates far from zero, where rounding shows
         for parameter in model.parameters():
@@ -47,15 +47,18 @@ def rows_of(hidden, index):
     return tuple(part[:, index] for part in hidden)
 
 
-@pytest.mark.parametrize("layers", [1, 2])
-def test_the_compiled_step_matches_torchs_within_bf16_rounding(kernel, layers):
-    model = lstm(layers)
-    ids = torch.tensor([3, 0, 17, 39, 5])
+@pytest.mark.parametrize(
+    ("layers", "hidden", "vocab"),
+    [(1, 32, 40), (2, 32, 40), (1, 8, 70), (2, 16, 130)],  # vocab 70, 130: 64 logits at once
+)
+def test_the_compiled_step_matches_torchs_within_bf16_rounding(kernel, layers, hidden, vocab):
+    model = lstm(layers, hidden, vocab=vocab)
+    ids = torch.tensor([3, 0, 17, vocab - 1, 5])
     hidden = state(model, len(ids))
     with torch.inference_mode():
         want, (want_h, want_c) = Stepper(model, never=(0,))(ids, hidden)
         got, (got_h, got_c) = CompiledStepper(model, never=(0,))(ids, hidden)
-    assert got.shape == want.shape == (5, VOCAB)
+    assert got.shape == want.shape == (5, vocab)
     assert torch.isneginf(got[:, 0]).all()  # <unk> is never written
     scale = want[:, 1:].abs().max()
     error = (got[:, 1:] - want[:, 1:]).abs().max() / scale
@@ -85,8 +88,27 @@ def test_a_row_gives_the_same_bits_alone_as_beside_others(kernel, rows, layers, 
             assert torch.equal(h1[:, 0], h[:, row]) and torch.equal(c1[:, 0], c[:, row])
 
 
-def test_the_thread_count_does_not_change_a_bit(kernel):
-    model = lstm(2, hidden=64)
+def test_bad_ids_and_states_are_errors_and_nan_stays_nan(kernel):
+    model = lstm(2)
+    stepper = CompiledStepper(model)
+    hidden = state(model, 2)
+    with torch.inference_mode():
+        for ids in ([0, VOCAB], [-1, 3]):
+            with pytest.raises(IndexError, match="token id"):
+                stepper(torch.tensor(ids), hidden)
+        with pytest.raises(ValueError, match="ids for a state of 2 rows"):
+            stepper(torch.tensor([1]), hidden)
+        with pytest.raises(ValueError, match="does not fit"):
+            stepper(torch.tensor([1, 2]), rows_of(state(lstm(2, hidden=16), 2), [0, 1]))
+        broken = (hidden[0].clone(), hidden[1])
+        broken[0][0, 1, 3] = torch.nan
+        logits, (h, _) = stepper(torch.tensor([1, 2]), broken)
+        assert torch.isnan(logits[1]).all() and not torch.isnan(logits[0]).any()
+
+
+@pytest.mark.parametrize("hidden", [8, 64])  # 8: one block, so a thread with none
+def test_the_thread_count_does_not_change_a_bit(kernel, hidden):
+    model = lstm(2, hidden=hidden, vocab=70)
     ids = torch.tensor([1, 2, 3])
     hidden = state(model, 3)
     stepper = CompiledStepper(model)

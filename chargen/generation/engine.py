@@ -269,8 +269,9 @@ class Engine:
 
     def _stepper(self, rows: int) -> Stepper | CompiledStepper:
         """The compiled step for few rows where it runs; else torch's products, in bf16 for many
-        rows where the hardware has them and in float32 otherwise. A row's numbers (and so a
-        seeded sequence's text) are the same at any row count on one side of ``MANY_ROWS``."""
+        rows where the hardware has them and in float32 otherwise. On the compiled step a row's
+        numbers (and so a seeded sequence's text) are the same at any row count below
+        ``MANY_ROWS``; torch's products are not known to promise that."""
         many = rows >= MANY_ROWS
         kind = "bf16" if many and self._bf16 else "float32"
         if not many and compiled.available(self.model, self.device):

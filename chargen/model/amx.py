@@ -12,9 +12,10 @@ The kernel is built with the system's C compiler the first time it is needed, in
 AVX-512 BF16 that the OS lets use its tiles, a compiler that builds the file, bf16
 autocast on the CPU, an LSTM whose width is a multiple of 32, and gradients being taken.
 
-For now the kernel is opt-in, with ``CHARGEN_AMX=1`` in the environment: with its gradients
-summed in float32 it is not yet faster than torch's LSTM end to end (docs/experiments.md,
-2026-12-01 evening). Otherwise torch's LSTM runs as before.
+For now the kernel is opt-in, with ``CHARGEN_AMX=1`` in the environment (``CHARGEN_KERNELS=0``
+turns it off like every compiled kernel): with its gradients summed in float32 it is not yet
+faster than torch's LSTM end to end (docs/experiments.md, 2026-12-01 evening). Otherwise
+torch's LSTM runs as before.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ def kernel() -> ctypes.CDLL | None:
     lib = native.load(SOURCE, FLAGS, CPU_FLAGS)
     if lib is not None:
         size, pointer = ctypes.c_int, ctypes.c_void_p
-        lib.lstm_step.argtypes = [size] * 5 + [pointer] * 12
-        lib.lstm_step.restype = None
+        lib.lstm_step.argtypes = [size] * 5 + [pointer] * 2 + [ctypes.c_int64] + [pointer] * 10
+        lib.lstm_step.restype = ctypes.c_int
     return lib
 
 
@@ -50,6 +50,7 @@ def available(model: RNNLanguageModel, device: torch.device) -> bool:
     config = model.config
     return (
         device.type == "cpu"
+        and model.embedding.weight.device.type == "cpu"
         and config.cell == "lstm"
         and config.hidden_size % BLOCK == 0
         and kernel() is not None
@@ -92,8 +93,8 @@ class CompiledStepper:
             first = weights[0]
             table = model.embedding.weight.float() @ (first["weight_ih"].t() * doubled)
             self.table = (table + bias[0]).contiguous()
-            self._w_hh = [pack(w["weight_hh"].t() * doubled) for w in weights]
-            self._w_ih = [None] + [pack(w["weight_ih"].t() * doubled) for w in weights[1:]]
+            self.w_hh = [pack(w["weight_hh"].t() * doubled) for w in weights]
+            self.w_ih = [None] + [pack(w["weight_ih"].t() * doubled) for w in weights[1:]]
             self.bias = [None] + [b.contiguous() for b in bias[1:]]
             head = model.head
             self.vocab_size = head.weight.shape[0]
@@ -102,11 +103,11 @@ class CompiledStepper:
             b_out = head.bias.float().clone()
             b_out[list(never)] = -torch.inf  # tokens never to write get no probability
             self.b_out = torch.nn.functional.pad(b_out, (0, padded), value=-torch.inf)
-        # the kernel's fixed arguments, converted for ctypes once (the tensors stay referenced)
-        self.starts = [_pointer(self.table)] + [_pointer(b) for b in self.bias[1:]]
-        self.w_ih = [None] + [_pointer(w) for w in self._w_ih[1:]]
-        self.w_hh = [_pointer(w) for w in self._w_hh]
-        self.output = (_pointer(self.w_out), _pointer(self.b_out))
+        # the kernel's fixed arguments as ctypes pointers, made once (the tensors stay referenced)
+        self.p_start = [_pointer(self.table)] + [_pointer(b) for b in self.bias[1:]]
+        self.p_w_ih = [None] + [_pointer(w) for w in self.w_ih[1:]]
+        self.p_w_hh = [_pointer(w) for w in self.w_hh]
+        self.p_output = (_pointer(self.w_out), _pointer(self.b_out))
 
     def __call__(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         """Logits (N, V) for tokens ``ids`` (N,) and the next hidden state."""
@@ -114,29 +115,36 @@ class CompiledStepper:
         if ids.dtype != torch.int64 or not ids.is_contiguous():
             ids = ids.to(torch.int64).contiguous()
         layers, rows, width = h_all.shape
+        if (layers, width) != (self.num_layers, self.hidden_size) or c_all.shape != h_all.shape:
+            raise ValueError(f"a state of shape {tuple(h_all.shape)} does not fit this model")
+        if ids.shape != (rows,):
+            raise ValueError(f"{tuple(ids.shape)} ids for a state of {rows} rows")
         new = h_all.new_empty(2, layers, rows, width)  # h and c in one allocation
         logits = self.w_out.new_empty(rows, self.w_out.shape[1])
         threads = torch.get_num_threads()
         for k in range(layers):
             last = k == layers - 1
-            self.lib.lstm_step(
+            status = self.lib.lstm_step(
                 rows,
                 width,
                 width if k else 0,
                 self.w_out.shape[1],
                 threads,
-                self.starts[k],
+                self.p_start[k],
                 ids.data_ptr() if k == 0 else None,
+                len(self.table),
                 new[0, k - 1].data_ptr() if k else None,
-                self.w_ih[k],
-                self.w_hh[k],
+                self.p_w_ih[k],
+                self.p_w_hh[k],
                 h_all[k].data_ptr(),
                 c_all[k].data_ptr(),
                 new[0, k].data_ptr(),
                 new[1, k].data_ptr(),
-                *(self.output if last else (None, None)),
+                *(self.p_output if last else (None, None)),
                 logits.data_ptr() if last else None,
             )
+            if status:
+                raise IndexError(f"a token id outside 0 to {len(self.table) - 1}: {ids.tolist()}")
         return logits[:, : self.vocab_size], (new[0], new[1])
 
 

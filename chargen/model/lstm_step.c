@@ -28,10 +28,12 @@
 
 /* e^x for float32 lanes: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial
  * (Taylor coefficients, relative error below 2e-7 on that range), times 2^n built in the
- * exponent bits. Inputs are clamped to [-87, 88], where the result stays a normal float. */
+ * exponent bits. Inputs are clamped to [-87, 88], where the result stays a normal float; NaN
+ * gives NaN. */
 static inline __m256 exp8(__m256 x)
 {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    /* max and min give their second operand when one is NaN: x second, so NaN stays NaN */
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     /* ln 2 in two parts, so that n * ln2 is subtracted without rounding away r */
@@ -141,17 +143,22 @@ static inline const float *row_start(const float *start, const int64_t *ids, int
 /* One layer's step for ``rows`` streams of H units.
  *
  * Each row's gates start from 4H floats at ``start``, moved on by ``ids[row]`` rows of 4H when
- * ``ids`` is given (the first layer: a table of every token's input gates), then add ``x @ W_ih`` when ``x`` is
- * given (rows x K_in, packed ``w_ih``), then ``h @ W_hh`` (rows x H, packed ``w_hh``). New
+ * ``ids`` is given (the first layer: a table of every token's input gates), then add
+ * ``x @ W_ih`` when ``x`` is given (rows x K_in, packed ``w_ih``), then ``h @ W_hh`` (rows x H,
+ * packed ``w_hh``). New
  * states go to ``h_out`` and ``c_out`` (rows x H). When ``w_out`` is given (H x V_pad float32,
- * V_pad a multiple of 8), the logits ``h_out @ w_out + b_out`` go to ``logits`` (rows x V_pad). */
-void lstm_step(int rows, int H, int K_in, int V_pad, int threads, const float *start,
-               const int64_t *ids,
-               const float *x, const uint16_t *w_ih, const uint16_t *w_hh, const float *h,
-               const float *c, float *h_out, float *c_out, const float *w_out,
-               const float *b_out, float *logits)
+ * V_pad a multiple of 8), the logits ``h_out @ w_out + b_out`` go to ``logits`` (rows x V_pad).
+ * Returns 1, having done nothing, when an id is not below ``tokens`` (the table's rows); else 0. */
+int lstm_step(int rows, int H, int K_in, int V_pad, int threads, const float *start,
+              const int64_t *ids, int64_t tokens, const float *x, const uint16_t *w_ih,
+              const uint16_t *w_hh, const float *h, const float *c, float *h_out, float *c_out,
+              const float *w_out, const float *b_out, float *logits)
 {
     const int blocks = H / BLOCK;
+    if (ids)
+        for (int r = 0; r < rows; r++)
+            if (ids[r] < 0 || ids[r] >= tokens)
+                return 1;
 #pragma omp parallel num_threads(threads < 1 ? 1 : threads)
     {
         const int team = omp_get_num_threads(), me = omp_get_thread_num();
@@ -240,4 +247,5 @@ void lstm_step(int rows, int H, int K_in, int V_pad, int threads, const float *s
             }
         }
     }
+    return 0;
 }

@@ -56,9 +56,9 @@ def load(source: Path, flags: tuple[str, ...], needs: tuple[str, ...]) -> ctypes
     keep what they load."""
     if os.environ.get(ENV_SWITCH) == "0" or not set(needs) <= cpu_flags():
         return None
-    digest = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
-    target = cache_root() / "kernels" / f"{source.stem}-{digest}.so"
     try:
+        digest = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+        target = cache_root() / "kernels" / f"{source.stem}-{digest}.so"
         if not target.exists():
             _build(source, list(flags), target)
         return ctypes.CDLL(str(target))
