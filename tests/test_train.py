@@ -380,12 +380,59 @@ def test_the_thread_count_of_a_lone_worker_does_not_change_bf16_weights(window):
         assert all(torch.equal(a, b) for a, b in zip(weights[0], other, strict=True))
 
 
-def test_float32_training_keeps_its_thread_count():
-    """In float32 the count changes MKL's sums (ThreadTuner.for_workers): no tuner."""
+def test_float32_training_tunes_its_thread_count_only_where_the_count_keeps_the_sums(monkeypatch):
+    """In float32 the count may change MKL's sums (ThreadTuner.for_workers): the tuner runs
+    only when a probe step gives the same bits at every count."""
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
+        monkeypatch.setattr(Trainer, "_probe", lambda self: [torch.tensor(1.0)])
         trainer = make_trainer(VERSE * 10, threads=None)  # tiny_train: float32
-        assert trainer.workers.count == 1 and trainer.tuner is None
+        assert trainer.workers.count == 1 and trainer.tuner.ladder == [2, 1]
+        trainer.close()
+        by_count = lambda self: [torch.tensor(1.0 + torch.get_num_threads() * 1e-7)]  # noqa: E731
+        monkeypatch.setattr(Trainer, "_probe", by_count)
+        trainer = make_trainer(VERSE * 10, threads=None)
+        assert trainer.tuner is None and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_probe_leaves_the_run_as_it_was():
+    torch.manual_seed(5)
+    trainer = make_trainer(VERSE * 10, dropout=0.3, layers=2)  # dropout from the global generator
+    weights = [p.detach().clone() for p in trainer.model.parameters()]
+    random_state, hidden = torch.get_rng_state(), [h.clone() for h in trainer.hidden]
+    first, second = trainer._probe(), trainer._probe()
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert len(first) == 2 + len(weights) and first[1] > 0  # loss, norm, every gradient
+    assert torch.equal(torch.get_rng_state(), random_state)
+    assert all(torch.equal(a, b) for a, b in zip(trainer.hidden, hidden, strict=True))
+    assert all(torch.equal(a, p) for a, p in zip(weights, trainer.model.parameters(), strict=True))
+    assert trainer.state.step == 0 and all(p.grad is None for p in trainer.model.parameters())
+
+
+def test_where_the_probe_finds_the_same_sums_whole_float32_steps_are_the_same():
+    """The probe's promise on this CPU: if one step's sums agree at one and two threads, so do
+    the weights after several steps of a seeded run (gradients, clipping, AdamW)."""
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            trainer = make_trainer(
+                VERSE * 40, hidden=128, batch_size=16, seq_len=64, threads=threads, clip=0.05
+            )
+            probes = [trainer._probe()]
+            torch.set_num_threads(3 - threads)
+            probes.append(trainer._probe())
+            torch.set_num_threads(threads)
+            same = all(torch.equal(a, b) for a, b in zip(*probes, strict=True))
+            for _ in range(4):
+                trainer.train_step()
+            weights.append([p.detach().clone() for p in trainer.model.parameters()])
+    finally:
+        torch.set_num_threads(before)
+    if not same:
+        pytest.skip("float32 sums differ by thread count on this CPU: no tuner in float32 here")
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))

@@ -135,14 +135,16 @@ class Trainer:
             # Dropout between stacked layers comes from torch's one generator: threads would
             # draw from it in an order that changes from run to run.
             raise ValueError("a model with dropout between layers trains on one worker thread")
-        # A lone worker's thread count follows its measured speed in bf16, unless --threads
-        # fixed it (ThreadTuner.for_workers says why not in float32).
-        self.tuner = None if config.threads else ThreadTuner.for_workers(self.workers, device, bf16)
         self.optimizer = _adamw(self.params, config)
         self.state = TrainState()
         self.step_seconds = 0.0  # wall time inside train_step, this session: no evaluation
         self.hidden: Hidden = model.init_hidden(batches.batch_size)
         self.checkpoint_hidden: Hidden = self.hidden  # every process's state, for saving
+        # A lone worker's thread count follows its measured speed, unless --threads fixed it;
+        # in float32 only where the count does not change a step's sums (ThreadTuner.for_workers).
+        self.tuner = None
+        if not config.threads:
+            self.tuner = ThreadTuner.for_workers(self.workers, device, bf16, self._probe)
 
     # ------------------------------------------------------------------ schedule and limits
 
@@ -243,6 +245,20 @@ class Trainer:
         if self.tuner is not None:
             self.tuner.record(time.perf_counter() - began)
         return loss
+
+    def _probe(self) -> list[torch.Tensor]:
+        """The loss, gradients and gradient norm of a step from the first window, in float64
+        where scalar: what must not depend on the thread count for the tuner to run. Nothing of
+        the run changes: not its state, its hidden state, its weights nor any random state."""
+        x, y, _, scored = self.batches.window(0, 0)
+        scale, rows = self.world.size / scored, slice(0, x.shape[0])
+        random_state = torch.get_rng_state()
+        try:
+            part = self._gradients(x, y, self.hidden, scale, self._generator(rows))
+        finally:
+            torch.set_rng_state(random_state)
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(part.grads)))
+        return [torch.tensor(part.total, dtype=torch.float64), norm, *part.grads]
 
     def _generator(self, rows: slice) -> torch.Generator | None:
         """The source of this step's dropout masks for streams ``rows`` of this process, when

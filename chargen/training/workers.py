@@ -149,7 +149,8 @@ class ThreadTuner:
     faster. While the count in use keeps winning, trials come twice as far apart each time, up
     to ``LONGEST`` steps; a slowdown brings one at once. The count decides which thread
     computes which part of a product, not the arithmetic: seeded runs with one and with two
-    threads end with the same weights, bit for bit (tests/test_train.py).
+    threads end with the same weights, bit for bit (tests/test_train.py), in bf16 always and in
+    float32 where a probe step says so (``for_workers``).
     """
 
     FIRST = 25
@@ -166,8 +167,7 @@ class ThreadTuner:
     """Recent steps this much slower than after the last trial bring the next trial forward."""
 
     def __init__(self, most: int):
-        most = max(1, most)
-        self.ladder = sorted({most >> k for k in range(most.bit_length())}, reverse=True)
+        self.ladder = _ladder(most)
         self.level = 0  # index into the ladder of the count in use
         self.previous = torch.get_num_threads()
         self.recent: collections.deque[float] = collections.deque(maxlen=self.LATELY)
@@ -182,15 +182,25 @@ class ThreadTuner:
         torch.set_num_threads(self.threads)
 
     @classmethod
-    def for_workers(cls, workers: Workers, device: torch.device, bf16: bool) -> ThreadTuner | None:
-        """A tuner for a lone CPU worker with more than one thread, training in bf16; else None.
+    def for_workers(
+        cls,
+        workers: Workers,
+        device: torch.device,
+        bf16: bool,
+        probe: Callable[[], list[torch.Tensor]] | None = None,
+    ) -> ThreadTuner | None:
+        """A tuner for a lone CPU worker with more than one thread; else None.
 
-        In float32 the thread count changes the arithmetic: MKL shares out the sum over a
-        step's tokens (1,024 and more) of the output layer's gradient by thread, so a count
-        that follows the clock would make a seeded run irreproducible. oneDNN's bf16 products
-        keep each sum on one thread at any count (tests/test_train.py)."""
+        oneDNN's bf16 products keep each sum on one thread at any count (tests/test_train.py).
+        In float32 the count may change the arithmetic: on some CPUs MKL shares out the sum
+        over a step's tokens (1,024 and more) of the output layer's gradient by thread, and a
+        count that follows the clock would make a seeded run irreproducible. There the tuner
+        runs only when ``probe`` (a step's loss, gradients and gradient norm, computed without
+        changing the run) gives the same bits at every count on the ladder."""
         threads = torch.get_num_threads()
-        if device.type != "cpu" or workers.count != 1 or threads < 2 or not bf16:
+        if device.type != "cpu" or workers.count != 1 or threads < 2:
+            return None
+        if not bf16 and (probe is None or not _same_at_every_count(_ladder(threads), probe)):
             return None
         return cls(threads)
 
@@ -253,3 +263,25 @@ class ThreadTuner:
     def close(self) -> None:
         """Give the process the thread count it had before."""
         torch.set_num_threads(self.previous)
+
+
+def _ladder(most: int) -> list[int]:
+    """The thread counts a tuner moves between: ``most``, half, ..., one."""
+    most = max(1, most)
+    return sorted({most >> k for k in range(most.bit_length())}, reverse=True)
+
+
+def _same_at_every_count(ladder: list[int], probe: Callable[[], list[torch.Tensor]]) -> bool:
+    """Whether ``probe()`` returns the same tensors, bit for bit, at each thread count of
+    ``ladder``; the count is left at the ladder's first."""
+    try:
+        results = []
+        for threads in ladder:
+            torch.set_num_threads(threads)
+            results.append(probe())
+    finally:
+        torch.set_num_threads(ladder[0])
+    first = results[0]
+    return all(
+        all(torch.equal(a, b) for a, b in zip(first, other, strict=True)) for other in results[1:]
+    )
