@@ -37,10 +37,10 @@ UNK_ID = 0
 """The tokenizers' ``<unk>``: never generated."""
 
 MANY_ROWS = 16
-"""Fewest rows that step on torch's batched products, in bf16 where the CPU has them. Fewer rows
-step on the compiled LSTM step where it runs (``chargen.model.compiled``): for one stream it
-takes a third of torch's time; for 64 float32 streams torch was 4-15% faster (docs/experiments.md,
-2026-12-07, later)."""
+"""Fewest rows that step on torch's bf16 products, where the CPU has them (over twice as fast as
+float32 for many rows there). Every other step runs on the compiled LSTM step where it can
+(``chargen.model.compiled``: a third of torch's time for one stream, as fast for 64 float32
+streams; docs/experiments.md, 2026-12-07, later), else on torch's float32 products."""
 
 
 class Control:
@@ -268,13 +268,13 @@ class Engine:
         self.logits, self.hidden = self._stepper(len(kept))(tokens[index], hidden)
 
     def _stepper(self, rows: int) -> Stepper | CompiledStepper:
-        """The compiled step for few rows where it runs; else torch's products, in bf16 for many
-        rows where the hardware has them and in float32 otherwise. On the compiled step a row's
-        numbers (and so a seeded sequence's text) are the same at any row count below
-        ``MANY_ROWS``; torch's products are not known to promise that."""
-        many = rows >= MANY_ROWS
-        kind = "bf16" if many and self._bf16 else "float32"
-        if not many and compiled.available(self.model, self.device):
+        """torch's bf16 products for many rows where the hardware has them; else the compiled
+        step where it runs, and torch's float32 products where it does not. On the compiled step
+        a row's numbers (and so a seeded sequence's text) do not depend on the rows beside it;
+        on a CPU with bf16 they change at ``MANY_ROWS``."""
+        bf16 = self._bf16 and rows >= MANY_ROWS
+        kind = "bf16" if bf16 else "float32"
+        if not bf16 and compiled.available(self.model, self.device):
             kind = "compiled"
         if kind not in self._steppers:
             if kind == "compiled":

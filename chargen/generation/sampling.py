@@ -4,8 +4,8 @@
 to different requests with different settings. Each row's random draws come from its own
 counter-based stream (``uniforms``): the t-th draw of a sequence depends only on the sequence's
 key and t, so a seeded sequence draws the same numbers alone, in a batch of 64, or beside
-strangers on a server (its text is the same wherever its logits are: the engine's steppers
-change at 16 rows). Nothing here knows about models or text.
+strangers on a server (its text is the same wherever its logits are: on CPUs with bf16 the
+engine's products change at 16 rows). Nothing here knows about models or text.
 """
 
 from __future__ import annotations

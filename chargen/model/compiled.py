@@ -1,4 +1,4 @@
-"""The LSTM's one-token step for a few streams on a compiled kernel (``lstm_step.c``).
+"""The LSTM's one-token step on a compiled kernel (``lstm_step.c``), for sampling.
 
 Sampling one stream is one small matrix product a token with a weight too big for a core's
 cache, plus a dozen torch calls of a few microseconds each. ``CompiledStepper`` does a layer's

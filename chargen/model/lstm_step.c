@@ -1,4 +1,4 @@
-/* One LSTM layer's step for a few sampled streams, AVX2 and FMA: the recurrent product, the cell
+/* One LSTM layer's step for sampled streams, AVX2 and FMA: the recurrent product, the cell
  * and (for the last layer) the output logits in one call.
  *
  * Sampling one stream is a 1 x H by H x 4H product per token with a weight that is read whole
