@@ -23,6 +23,8 @@ from chargen.config import SampleConfig
 from chargen.generation.sampling import (
     Settings,
     choose,
+    log_normalisers,
+    picked,
     sequence_key,
     stream_start,
     uniforms,
@@ -110,7 +112,7 @@ class Engine:
         self._state = _RowState.of([], 0)  # per-row counters, in row order
         self._steps = 0  # steps taken: what the rows' ends are counted in
         self._bf16 = use_bf16(self.device, "auto")
-        self._steppers: dict[str, Stepper | CompiledStepper] = {}
+        self._steppers: dict[bool, Stepper | CompiledStepper] = {}  # by: bf16 products
         self._rows: _Rows | None = None  # per-row settings, rebuilt when the rows change
 
     def __len__(self) -> int:
@@ -188,19 +190,20 @@ class Engine:
         if self._rows is None:
             self._rows = _Rows(self.sequences, self.logits.device)
         logits = self.logits  # <unk> is already minus infinity (the stepper's ``never``)
-        logprobs = torch.log_softmax(logits, dim=-1)  # the model's own, before any rule
+        normalisers = log_normalisers(logits)  # of the model's own distribution, before any rule
         for row in self._rows.masking:
             allowed = self.sequences[row].control.allowed()
             if allowed is not None:
                 logits[row].masked_fill_(~allowed.to(logits.device), -math.inf)
-        sources, tokens = self._choose(logits, logprobs)  # sources: the row each extends
+        sources, tokens = self._choose(logits, normalisers)  # sources: the row each extends
+        # A chosen token was never masked: its logit is the model's own.
         if sources is None:
             sequences, state = self.sequences, self._state
-            chosen = logprobs.gather(1, tokens[:, None])[:, 0]
+            chosen = picked(logits, tokens, normalisers)
         else:
             sequences = self._forked(sources)
             state = self._state.take(sources.tolist(), sequences)
-            chosen = logprobs[sources, tokens]
+            chosen = logits[sources, tokens].double() - normalisers[sources]
         written = tokens.tolist()
         stopped, forced = self._apply_controls(sequences, written)
         for sequence, token in zip(sequences, written, strict=True):
@@ -238,11 +241,12 @@ class Engine:
     _forking = False  # engines whose rows fork (beams) look at every row's control
 
     def _choose(
-        self, logits: torch.Tensor, logprobs: torch.Tensor
+        self, logits: torch.Tensor, normalisers: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The row each continuation extends (None: every row extends itself) and its token,
-        from ``logits`` with every rule applied (``logprobs`` are the model's own). Sampling:
-        one draw per row, with the row's own settings and random stream."""
+        from ``logits`` with every rule applied (``logits - normalisers`` are the model's own
+        log-probabilities where no rule masked a token). Sampling: one draw per row, with the
+        row's own settings and random stream."""
         return None, choose(logits, self._rows.settings, self._state.uniforms())
 
     def _forked(self, sources: torch.Tensor) -> list[Sequence]:
@@ -273,17 +277,13 @@ class Engine:
         a row's numbers (and so a seeded sequence's text) do not depend on the rows beside it;
         on a CPU with bf16 they change at ``MANY_ROWS``."""
         bf16 = self._bf16 and rows >= MANY_ROWS
-        kind = "bf16" if bf16 else "float32"
-        if not bf16 and compiled.available(self.model, self.device):
-            kind = "compiled"
-        if kind not in self._steppers:
-            if kind == "compiled":
-                self._steppers[kind] = CompiledStepper(self.model, never=(UNK_ID,))
+        if bf16 not in self._steppers:
+            if not bf16 and compiled.available(self.model, self.device):
+                self._steppers[bf16] = CompiledStepper(self.model, never=(UNK_ID,))
             else:
                 # The product ahead (output and recurrent weights at once) pays for many rows.
-                bf16 = kind == "bf16"
-                self._steppers[kind] = Stepper(self.model, bf16, chained=bf16, never=(UNK_ID,))
-        return self._steppers[kind]
+                self._steppers[bf16] = Stepper(self.model, bf16, chained=bf16, never=(UNK_ID,))
+        return self._steppers[bf16]
 
 
 class _Rows:
@@ -398,8 +398,9 @@ class BeamEngine(Engine):
         self.width = width
         self.scores: torch.Tensor | None = None  # (N,) total log-probability of each row
 
-    def _choose(self, logits: torch.Tensor, logprobs: torch.Tensor):
-        logprobs = logprobs.double().masked_fill(logits == -math.inf, -math.inf)  # (N, V)
+    def _choose(self, logits: torch.Tensor, normalisers: torch.Tensor):
+        logprobs = logits.double() - normalisers[:, None]  # (N, V)
+        logprobs = logprobs.masked_fill(logits == -math.inf, -math.inf)
         scores = self.scores if self.scores is not None else logprobs.new_zeros(len(logits))
         total = (scores[:, None] + logprobs).flatten()  # (N * V,)
         self.scores, flat = total.topk(min(self.width, total.numel()))
