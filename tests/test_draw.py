@@ -79,6 +79,12 @@ def test_normalisers_and_picked_log_probabilities_match_torchs(compiled):
     torch.testing.assert_close(fast[[0, 1, 3, 4]], reference[[0, 1, 3, 4]], rtol=0, atol=1e-6)
 
 
+def test_normalisers_of_rows_with_infinities_and_nan_are_torchs(compiled):
+    logits = torch.tensor([[0.0, math.inf, 1.0], [0.0, math.nan, 1.0], [-math.inf] * 3])
+    fast, slow = both(log_normalisers, logits)
+    assert str(fast.tolist()) == str(slow.tolist()) == "[inf, nan, -inf]"
+
+
 def test_a_row_without_a_finite_logit_gives_the_last_token_both_ways(compiled):
     logits = torch.full((2, 9), -math.inf)
     logits[1, 4] = 0.0

@@ -300,3 +300,19 @@ def test_random_streams_are_uniform_and_independent():
     assert np.histogram(draws, bins=10, range=(0, 1))[0].min() > 0.09 * draws.size
     assert abs(np.corrcoef(draws)[0, 1]) < 0.03  # two streams
     assert abs(np.corrcoef(draws[0, :-1], draws[0, 1:])[0, 1]) < 0.03  # one stream, lag 1
+
+
+class NothingAllowed(Control):
+    """Masks every token: the draw still writes one, at the model's own log-probability."""
+
+    def allowed(self):
+        return torch.zeros(self.vocab, dtype=torch.bool)
+
+
+def test_a_row_whose_rule_masks_every_token_keeps_a_finite_log_probability(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    control = NothingAllowed()
+    control.vocab = tokenizer.vocab_size
+    seq = sequence(4, length=5, control=control)
+    run_alone(model, seq)
+    assert len(seq.ids) == 5 and math.isfinite(seq.mean_logprob) and seq.mean_logprob < 0

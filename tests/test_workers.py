@@ -184,3 +184,14 @@ def test_only_a_lone_bf16_cpu_worker_with_threads_to_spare_is_tuned(
         assert (tuner is not None) == tuned
     finally:
         torch.set_num_threads(before)
+
+
+def test_work_inside_all_threads_runs_at_the_ladders_first_count(four_threads):
+    tuner = ThreadTuner(4)
+    steps(tuner, 1.0, ThreadTuner.FIRST)
+    steps(tuner, 0.5, ThreadTuner.TRIAL)  # two threads won
+    assert tuner.threads == 2
+    with tuner.all_threads():
+        assert torch.get_num_threads() == 4  # evaluation: one count always
+    assert torch.get_num_threads() == 2
+    tuner.close()

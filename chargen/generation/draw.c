@@ -8,17 +8,21 @@
 #include <math.h>
 #include <stdint.h>
 
-/* out[r] = log(sum over v of exp(logits[r][v])), minus infinity for a row of minus infinities. */
+/* out[r] = log(sum over v of exp(logits[r][v])), as torch's logsumexp gives it: minus infinity
+ * for a row of minus infinities, infinity for a row with an infinity, NaN for a row with a NaN. */
 void log_normalisers(int rows, int V, int64_t stride, const float *logits, double *out)
 {
     for (int r = 0; r < rows; r++) {
         const float *row = logits + (int64_t)r * stride;
         double most = -INFINITY, sum = 0.0;
-        for (int v = 0; v < V; v++)
+        int nan = 0;
+        for (int v = 0; v < V; v++) {
+            nan |= isnan(row[v]);
             if (row[v] > most)
                 most = row[v];
-        if (most == -INFINITY) {
-            out[r] = -INFINITY;
+        }
+        if (nan || isinf(most)) {
+            out[r] = nan ? NAN : most;
             continue;
         }
         for (int v = 0; v < V; v++)
@@ -56,7 +60,8 @@ void draw(int rows, int V, int64_t stride, const float *scaled, const double *un
     }
 }
 
-/* out[r] = logits[r][tokens[r]] - normalisers[r]: each chosen token's log-probability. */
+/* out[r] = logits[r][tokens[r]] - normalisers[r]: each chosen token's log-probability. Every
+ * token must be below the row's length: the draws and argmax give no other. */
 void picked(int rows, int64_t stride, const float *logits, const int64_t *tokens,
             const double *normalisers, double *out)
 {

@@ -191,19 +191,19 @@ class Engine:
             self._rows = _Rows(self.sequences, self.logits.device)
         logits = self.logits  # <unk> is already minus infinity (the stepper's ``never``)
         normalisers = log_normalisers(logits)  # of the model's own distribution, before any rule
+        model_logits = logits.clone() if self._rows.masking else logits  # rules mask in place
         for row in self._rows.masking:
             allowed = self.sequences[row].control.allowed()
             if allowed is not None:
                 logits[row].masked_fill_(~allowed.to(logits.device), -math.inf)
         sources, tokens = self._choose(logits, normalisers)  # sources: the row each extends
-        # A chosen token was never masked: its logit is the model's own.
         if sources is None:
             sequences, state = self.sequences, self._state
-            chosen = picked(logits, tokens, normalisers)
+            chosen = picked(model_logits, tokens, normalisers)
         else:
             sequences = self._forked(sources)
             state = self._state.take(sources.tolist(), sequences)
-            chosen = logits[sources, tokens].double() - normalisers[sources]
+            chosen = model_logits[sources, tokens].to(normalisers.dtype) - normalisers[sources]
         written = tokens.tolist()
         stopped, forced = self._apply_controls(sequences, written)
         for sequence, token in zip(sequences, written, strict=True):
@@ -399,7 +399,7 @@ class BeamEngine(Engine):
         self.scores: torch.Tensor | None = None  # (N,) total log-probability of each row
 
     def _choose(self, logits: torch.Tensor, normalisers: torch.Tensor):
-        logprobs = logits.double() - normalisers[:, None]  # (N, V)
+        logprobs = logits.to(normalisers.dtype) - normalisers[:, None]  # (N, V)
         logprobs = logprobs.masked_fill(logits == -math.inf, -math.inf)
         scores = self.scores if self.scores is not None else logprobs.new_zeros(len(logits))
         total = (scores[:, None] + logprobs).flatten()  # (N * V,)

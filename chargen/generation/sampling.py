@@ -103,30 +103,35 @@ def _inverse_transform(scaled: torch.Tensor, uniform: torch.Tensor) -> torch.Ten
         work = torch.empty(vocab, dtype=torch.float64)
         lib.draw(rows, vocab, scaled.stride(0), *map(_address, (scaled, uniform, work, tokens)))
         return tokens
-    wide = torch.float32 if scaled.device.type == "mps" else torch.float64  # MPS has no float64
-    cdf = torch.softmax(scaled, dim=-1).cumsum(dim=-1, dtype=wide)  # (N, V)
-    target = uniform.to(device=cdf.device, dtype=wide)[:, None] * cdf[:, -1:]
+    cdf = torch.softmax(scaled, dim=-1).cumsum(dim=-1, dtype=wide(scaled.device))  # (N, V)
+    target = uniform.to(device=cdf.device, dtype=cdf.dtype)[:, None] * cdf[:, -1:]
     chosen = torch.searchsorted(cdf, target, right=True).clamp_(max=vocab - 1)
     return chosen.squeeze(-1)
 
 
+def wide(device: torch.device) -> torch.dtype:
+    """The precision of cumulative probabilities and kept log-probabilities: float64, float32
+    on Apple's MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def log_normalisers(logits: torch.Tensor) -> torch.Tensor:
-    """``logsumexp`` of each row of ``logits`` (N, V), float64: a token's log-probability is its
-    logit minus its row's normaliser."""
+    """``logsumexp`` of each row of ``logits`` (N, V), in ``wide`` precision: a token's
+    log-probability is its logit minus its row's normaliser."""
     lib = _kernel_for(logits)
     if lib is None:
-        return torch.logsumexp(logits, dim=-1).double()
+        return torch.logsumexp(logits, dim=-1).to(wide(logits.device))
     out = torch.empty(logits.shape[0], dtype=torch.float64)
     lib.log_normalisers(*logits.shape, logits.stride(0), _address(logits), _address(out))
     return out
 
 
 def picked(logits: torch.Tensor, tokens: torch.Tensor, normalisers: torch.Tensor) -> torch.Tensor:
-    """The log-probability (float64) of each row's token ``tokens[row]``, given the row's
-    ``normalisers`` (from ``log_normalisers``)."""
+    """The log-probability of each row's token ``tokens[row]`` (each below V), given the row's
+    ``normalisers`` (from ``log_normalisers``), in ``wide`` precision."""
     lib = _kernel_for(logits)
     if lib is None or tokens.dtype != torch.int64 or not tokens.is_contiguous():
-        return logits.gather(1, tokens[:, None])[:, 0].double() - normalisers
+        return logits.gather(1, tokens[:, None])[:, 0].to(normalisers.dtype) - normalisers
     rows = logits.shape[0]
     out = torch.empty(rows, dtype=torch.float64)
     tensors = (logits, tokens, normalisers.contiguous(), out)
@@ -136,7 +141,7 @@ def picked(logits: torch.Tensor, tokens: torch.Tensor, normalisers: torch.Tensor
 
 @functools.cache
 def _kernel() -> ctypes.CDLL | None:
-    lib = native.load(DRAW_SOURCE, ("-O2", "-shared", "-fPIC"), ())
+    lib = native.load(DRAW_SOURCE, ("-O2", "-shared", "-fPIC", "-lm"), ())
     if lib is not None:
         size, wide, pointer = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
         lib.log_normalisers.argtypes = [size, size, wide, pointer, pointer]

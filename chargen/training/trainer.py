@@ -9,6 +9,7 @@ decides about progress bars, checkpoints and Ctrl-C. Everything needed to contin
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -77,12 +78,17 @@ def _distinct(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return distinct
 
 
+def _global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The norm of all ``grads`` taken as one vector."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
 def _clip_gradients(grads: list[torch.Tensor], limit: float) -> float:
     """Scale ``grads`` in place so that their global norm is at most ``limit``; returns the
     norm before. BPTT gradients can explode (Pascanu et al. 2013). Unlike torch's
     ``clip_grad_norm_``, which always multiplies (by 1 when under the limit), this leaves
     gradients under the limit alone: one pass over every gradient fewer on those steps."""
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+    norm = _global_norm(grads).item()
     if norm > limit:
         torch._foreach_mul_(grads, limit / (norm + 1e-6))
     return norm
@@ -247,9 +253,9 @@ class Trainer:
         return loss
 
     def _probe(self) -> list[torch.Tensor]:
-        """The loss, gradients and gradient norm of a step from the first window, in float64
-        where scalar: what must not depend on the thread count for the tuner to run. Nothing of
-        the run changes: not its state, its hidden state, its weights nor any random state."""
+        """The loss, gradients and gradient norm of a step from the first window: what must not
+        depend on the thread count for the tuner to run. Nothing of the run changes: not its
+        state, its hidden state, its weights nor any random state."""
         x, y, _, scored = self.batches.window(0, 0)
         scale, rows = self.world.size / scored, slice(0, x.shape[0])
         random_state = torch.get_rng_state()
@@ -257,8 +263,11 @@ class Trainer:
             part = self._gradients(x, y, self.hidden, scale, self._generator(rows))
         finally:
             torch.set_rng_state(random_state)
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(part.grads)))
-        return [torch.tensor(part.total, dtype=torch.float64), norm, *part.grads]
+        return [
+            torch.tensor(part.total, dtype=torch.float64),
+            _global_norm(part.grads),
+            *part.grads,
+        ]
 
     def _generator(self, rows: slice) -> torch.Generator | None:
         """The source of this step's dropout masks for streams ``rows`` of this process, when
@@ -294,9 +303,12 @@ class Trainer:
     def evaluate(self) -> Score | None:
         if self.val is None or len(self.val) < 2:
             return None
-        result = evaluate(
-            self.model, self.val, self.device, self.bf16, world=self.world, workers=self.workers
-        )
+        with self.tuner.all_threads() if self.tuner else contextlib.nullcontext():
+            # at one thread count always: evaluation's sums (other shapes than training's) are
+            # not probed, and its loss chooses the best weights
+            result = evaluate(
+                self.model, self.val, self.device, self.bf16, world=self.world, workers=self.workers
+            )
         state = self.state
         state.val_loss, state.val_bpc = result.nats_per_token, result.bits_per_char
         if state.best_val_loss is None or result.nats_per_token < state.best_val_loss:

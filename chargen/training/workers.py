@@ -260,6 +260,15 @@ class ThreadTuner:
         torch.set_num_threads(threads)
         self.skip = True
 
+    @contextlib.contextmanager
+    def all_threads(self):
+        """The ladder's first count (all threads) for the work inside, then the count in use."""
+        torch.set_num_threads(self.ladder[0])
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self.threads if self.trial is None else self.ladder[self.trial])
+
     def close(self) -> None:
         """Give the process the thread count it had before."""
         torch.set_num_threads(self.previous)
@@ -273,15 +282,14 @@ def _ladder(most: int) -> list[int]:
 
 def _same_at_every_count(ladder: list[int], probe: Callable[[], list[torch.Tensor]]) -> bool:
     """Whether ``probe()`` returns the same tensors, bit for bit, at each thread count of
-    ``ladder``; the count is left at the ladder's first."""
+    ``ladder`` (stopping at the first that differs); the count is left at the ladder's first."""
     try:
-        results = []
-        for threads in ladder:
+        torch.set_num_threads(ladder[0])
+        first = probe()
+        for threads in ladder[1:]:
             torch.set_num_threads(threads)
-            results.append(probe())
+            if not all(torch.equal(a, b) for a, b in zip(first, probe(), strict=True)):
+                return False
+        return True
     finally:
         torch.set_num_threads(ladder[0])
-    first = results[0]
-    return all(
-        all(torch.equal(a, b) for a, b in zip(first, other, strict=True)) for other in results[1:]
-    )
