@@ -33,6 +33,7 @@ BLOCK = 8  # hidden units a block: the kernel's packing and its width rule
 
 @functools.cache
 def kernel() -> ctypes.CDLL | None:
+    """The loaded kernel, or None where it cannot be built or run here."""
     lib = native.load(SOURCE, FLAGS, CPU_FLAGS)
     if lib is not None:
         size, pointer = ctypes.c_int, ctypes.c_void_p
@@ -63,9 +64,8 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     turn and then g and o, (H / 8, K, 2, 8, 2)."""
     rows, gates = weight.shape
     hidden = gates // 4
-    pairs = weight.view(
-        rows, 2, 2, hidden // BLOCK, BLOCK
-    )  # (k, pair, gate of the pair, block, unit)
+    # (k, pair of gates, gate of the pair, block, unit) to (block, k, pair, unit, gate)
+    pairs = weight.view(rows, 2, 2, hidden // BLOCK, BLOCK)
     return pairs.permute(3, 0, 1, 4, 2).bfloat16().contiguous()
 
 
