@@ -32,6 +32,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "spin_barrier.h"
+
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
@@ -94,23 +96,6 @@ static inline __m512 load_bf16(const bf16 *from) {
 
 static inline void store_bf16(bf16 *to, __m512 x) {
     _mm256_storeu_si256((__m256i *)to, (__m256i)_mm512_cvtneps_pbh(x));
-}
-
-/* A barrier for threads that spin: one counter and a generation number. */
-struct barrier {
-    int count __attribute__((aligned(64)));
-    int generation __attribute__((aligned(64)));
-    int threads;
-};
-
-static void barrier_wait(struct barrier *b) {
-    int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == b->threads) {
-        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
-        return;
-    }
-    while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation) _mm_pause();
 }
 
 struct job {

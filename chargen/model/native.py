@@ -12,6 +12,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -32,6 +33,13 @@ def cpu_flags() -> frozenset[str]:
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+def _headers(source: Path) -> list[Path]:
+    """The headers beside ``source`` that it includes by name (``#include "x.h"``): a change
+    to one of them builds the kernel again."""
+    names = re.findall(rb'^#include "([^"/]+)"', source.read_bytes(), re.MULTILINE)
+    return [source.with_name(name.decode()) for name in names]
 
 
 def _build(source: Path, flags: list[str], target: Path) -> None:
@@ -57,7 +65,8 @@ def load(source: Path, flags: tuple[str, ...], needs: tuple[str, ...]) -> ctypes
     if os.environ.get(ENV_SWITCH) == "0" or not set(needs) <= cpu_flags():
         return None
     try:
-        digest = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+        text = source.read_bytes() + b"".join(header.read_bytes() for header in _headers(source))
+        digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:16]
         target = cache_root() / "kernels" / f"{source.stem}-{digest}.so"
         if not target.exists():
             _build(source, list(flags), target)

@@ -16,7 +16,7 @@ from torch import nn
 
 from chargen.config import CELLS, ModelConfig
 from chargen.errors import UsageError
-from chargen.model import amx
+from chargen.model import amx, window
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -93,9 +93,13 @@ class RNNLanguageModel(nn.Module):
         """Logits (B, T, V) for ``ids`` (B, T) and the state after them. In training mode,
         ``generator`` draws the dropout masks of the embedding and the output (torch's global
         generator without one); masks between stacked layers always come from the global one."""
-        x = self._dropout(self.embedding(ids), generator)  # (B, T, E)
+        embedded = self.embedding(ids)
+        x = self._dropout(embedded, generator)  # (B, T, E)
         if amx.usable(self.rnn, x):
             out, hidden = amx.lstm(self.rnn, x, hidden)  # the same, on AMX tiles
+        elif window.usable(self.rnn, x):  # the same in float32, compiled
+            table = (ids, self.embedding.weight) if x is embedded else (None, None)
+            out, hidden = window.lstm(self.rnn, x, hidden, *table)
         else:
             out, hidden = self.rnn(x, hidden)  # (B, T, H)
         return self.head(self._dropout(out, generator)), hidden  # (B, T, V)
