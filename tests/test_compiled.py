@@ -4,6 +4,8 @@ wherever the kernel cannot run."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -174,3 +176,28 @@ def test_a_missing_compiler_leaves_no_kernel_and_no_half_built_file(monkeypatch,
         assert not list((tmp_path / "cache").rglob("*.so*"))
     finally:
         compiled.kernel.cache_clear()
+
+
+def test_a_failed_build_is_remembered_and_not_tried_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARGEN_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "kernel.c"
+    source.write_text("int answer(void) { return 42; }\n")
+    builds = []
+    real = native._build
+
+    def counted(*args):
+        builds.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(native, "_build", counted)
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    assert native.load(source, ("-shared", "-fPIC"), ()) is None
+    assert native.load(source, ("-shared", "-fPIC"), ()) is None
+    assert len(builds) == 1
+    assert len(list((tmp_path / "cache" / "kernels").glob("kernel-*.failed"))) == 1
+    if shutil.which("cc") is None:
+        return
+    monkeypatch.setenv("CC", "cc")  # another compiler is tried afresh
+    lib = native.load(source, ("-shared", "-fPIC"), ())
+    assert lib is not None and lib.answer() == 42
+    assert len(builds) == 2

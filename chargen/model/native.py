@@ -8,6 +8,7 @@ something faster. ``CHARGEN_KERNELS=0`` in the environment turns every kernel of
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -42,14 +43,13 @@ def _headers(source: Path) -> list[Path]:
     return [source.with_name(name.decode()) for name in names]
 
 
-def _build(source: Path, flags: list[str], target: Path) -> None:
+def _build(source: Path, flags: list[str], compiler: str, target: Path) -> None:
     """Compiles ``source`` to ``target``, written under another name and renamed, so a process
     that loads it never sees half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.part")
     os.close(handle)
     try:
-        compiler = os.environ.get("CC", "cc")
         command = [compiler, *flags, str(source), "-o", partial]
         subprocess.run(command, check=True, capture_output=True, timeout=120)
         os.replace(partial, target)
@@ -60,16 +60,31 @@ def _build(source: Path, flags: list[str], target: Path) -> None:
 
 def load(source: Path, flags: tuple[str, ...], needs: tuple[str, ...]) -> ctypes.CDLL | None:
     """The library built from ``source`` with ``flags``, or None when kernels are switched off,
-    the CPU lacks a flag of ``needs`` or the build fails. Loading is not cached here: callers
-    keep what they load."""
+    the CPU lacks a flag of ``needs`` or the build fails. A failed build leaves a ``.failed``
+    file beside where the library would be, with the compiler's complaint, and is not tried
+    again for the same source, flags and compiler (``$CC``, else ``cc``); delete the file to
+    try again. A missing compiler or a build that timed out is tried again next time. Loading
+    is not cached here: callers keep what they load."""
     if os.environ.get(ENV_SWITCH) == "0" or not set(needs) <= cpu_flags():
         return None
+    compiler = os.environ.get("CC", "cc")
     try:
         text = source.read_bytes() + b"".join(header.read_bytes() for header in _headers(source))
-        digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:16]
-        target = cache_root() / "kernels" / f"{source.stem}-{digest}.so"
+        key = text + " ".join([compiler, *flags]).encode()
+        target = (
+            cache_root() / "kernels" / f"{source.stem}-{hashlib.sha256(key).hexdigest()[:16]}.so"
+        )
+        failed = target.with_suffix(".failed")
+        if failed.exists():
+            return None
         if not target.exists():
-            _build(source, list(flags), target)
+            try:
+                _build(source, list(flags), compiler, target)
+            except subprocess.CalledProcessError as error:
+                # The compiler ran and refused; a missing compiler or a timeout is tried again.
+                with contextlib.suppress(OSError):
+                    failed.write_bytes((error.stderr or b"")[-4000:])
+                return None
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError):
         return None
