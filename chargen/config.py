@@ -109,18 +109,20 @@ def corpus_dropout(train_tokens: int) -> float:
 
 
 WIDTH = 512
-"""The hidden size of a new run without --hidden where products run in bf16 or on a GPU."""
+"""The hidden size of a new run without --hidden, except where ``FLOAT32_WIDTH`` applies."""
 FLOAT32_WIDTH = 448
-"""The hidden size of a new run without --hidden on a CPU that multiplies in float32 only."""
+"""The hidden size of a new run without --hidden where torch's float32 LSTM trains it."""
 
 
-def default_width(cpu_float32: bool) -> int:
+def default_width(torch_float32: bool) -> int:
     """The hidden size a new run takes when --hidden is not given: of the widths measured, the
-    one that learned most in two minutes on 1 MB of text. A CPU training in float32 (no bf16
-    products, or --precision fp32) steps 512 units far slower (13,900 tokens/s on an AVX2-only
-    EPYC, 51,500 with AMX), and a narrower model's extra steps then win (docs/experiments.md,
+    one that learned most in two minutes on 1 MB of text. Where training runs torch's float32
+    recurrence on a CPU (no bf16 products or --precision fp32, and no compiled LSTM window: a
+    GRU or plain RNN, no C compiler, or CHARGEN_KERNELS=0), 512 units step far slower (13,900
+    tokens/s on an AVX2-only EPYC, 51,500 with AMX) and a narrower model's extra steps win. The
+    compiled window steps 512 units fast enough that the width wins again (docs/experiments.md,
     2026-12-07)."""
-    return FLOAT32_WIDTH if cpu_float32 else WIDTH
+    return FLOAT32_WIDTH if torch_float32 else WIDTH
 
 
 @dataclass

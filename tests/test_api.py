@@ -22,6 +22,7 @@ from chargen.config import (
     WIDTH,
     corpus_dropout,
 )
+from chargen.model import window
 from tests.abc_fixtures import train_tiny_abc
 
 TINY = dict(
@@ -118,14 +119,24 @@ def test_a_small_corpus_gets_dropout_unless_dropout_is_given(corpus):
 
 
 @pytest.mark.parametrize(
-    "has_bf16, precision, width",
-    [(True, "auto", WIDTH), (False, "auto", FLOAT32_WIDTH), (True, "fp32", FLOAT32_WIDTH)],
+    "has_bf16, precision, cell, compiled, width",
+    [
+        (True, "auto", "lstm", False, WIDTH),
+        (False, "auto", "lstm", False, FLOAT32_WIDTH),
+        (True, "fp32", "lstm", False, FLOAT32_WIDTH),
+        (False, "auto", "lstm", True, WIDTH),  # the compiled window trains 512 fast enough
+        (False, "auto", "gru", True, FLOAT32_WIDTH),  # a GRU still trains on torch's
+    ],
 )
 def test_a_new_run_without_hidden_takes_the_width_its_cpu_trains_best(
-    corpus, monkeypatch, has_bf16, precision, width
+    corpus, monkeypatch, has_bf16, precision, cell, compiled, width
 ):
     monkeypatch.setattr("chargen.model.device.cpu_has_bf16", lambda: has_bf16)
-    options = {**TINY, "precision": precision, "device": "cpu"}
+    if not compiled:
+        monkeypatch.setattr(window, "kernel", lambda: None)
+    elif window.kernel() is None:
+        pytest.skip("the compiled LSTM window cannot be built here")
+    options = {**TINY, "precision": precision, "device": "cpu", "cell": cell}
     del options["hidden"]
     for hidden, expected in ((None, width), (40, 40)):
         session = chargen.start(corpus, name="wide", force=True, hidden=hidden, **options)
@@ -141,6 +152,7 @@ def test_tied_weights_take_one_width_the_given_one_or_the_default(
     corpus, monkeypatch, widths, expected
 ):
     monkeypatch.setattr("chargen.model.device.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(window, "kernel", lambda: None)
     options = {k: v for k, v in TINY.items() if k not in ("hidden", "embedding")}
     session = chargen.start(corpus, name="tied", tie_weights=True, **options, **widths)
     try:
@@ -153,6 +165,7 @@ def test_tied_weights_take_one_width_the_given_one_or_the_default(
 def test_a_resumed_run_keeps_its_width_on_any_hardware(corpus, monkeypatch):
     options = {k: v for k, v in TINY.items() if k not in ("hidden", "precision")}
     monkeypatch.setattr("chargen.model.device.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(window, "kernel", lambda: None)  # torch's float32: FLOAT32_WIDTH
     chargen.train(corpus, name="moved", **{**options, "max_steps": 2})
     monkeypatch.setattr("chargen.model.device.cpu_has_bf16", lambda: True)  # a new run: WIDTH
     session = chargen.start(name="moved", resume=True, max_steps=3)  # no step: no bf16 here

@@ -71,8 +71,8 @@ _M = ModelConfig()
     "--hidden",
     type=click.IntRange(1),
     default=None,
-    help=f"Hidden state size (default: {WIDTH}, or {FLOAT32_WIDTH} on a CPU that trains in "
-    "float32: without bf16 products, or with --precision fp32).",
+    help=f"Hidden state size (default: {WIDTH}, or {FLOAT32_WIDTH} where a CPU trains in "
+    "float32 without the compiled LSTM kernel: a GRU or RNN, or no C compiler).",
 )
 @click.option(
     "--embedding",

@@ -30,6 +30,7 @@ from chargen.config import (
 )
 from chargen.errors import CorpusError, UsageError
 from chargen.metrics import Score
+from chargen.model import window
 from chargen.model.device import pick_device, set_threads, use_bf16
 from chargen.model.rnn import RNNLanguageModel
 from chargen.runs import store
@@ -244,9 +245,11 @@ def _width(
     config: ModelConfig, given: dict[str, Any], device: torch.device, precision: str
 ) -> ModelConfig:
     """A new run's widths where no option set them: the hidden size is ``default_width`` of
-    the hardware; tied weights need one width for both, the one given if either is."""
+    the hardware and the cell; tied weights need one width for both, the one given if either
+    is."""
     cpu_float32 = device.type == "cpu" and not use_bf16(device, precision)
-    width = default_width(cpu_float32)
+    torch_float32 = cpu_float32 and not (config.cell == "lstm" and window.kernel() is not None)
+    width = default_width(torch_float32)
     if not config.tie_weights:
         return config if "hidden_size" in given else replace(config, hidden_size=width)
     if "hidden_size" in given:
