@@ -4,6 +4,10 @@ it applies."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -87,6 +91,27 @@ def test_the_same_bits_at_one_thread_and_two(kernel):
         torch.set_num_threads(threads)
     for one, two in zip(*results, strict=True):
         assert torch.equal(one, two)
+
+
+def test_a_thread_limit_below_torchs_count_runs_the_kernel_on_one_thread(kernel):
+    # OMP_THREAD_LIMIT=1 gives a team of one where torch asks for two: the kernel used to refuse
+    script = """
+import torch
+from chargen.model import window
+torch.set_num_threads(2)
+torch.manual_seed(0)
+lstm = torch.nn.LSTM(8, 32, batch_first=True)
+x = torch.randn(3, 5, 8, requires_grad=True)
+out, _ = window.lstm(lstm, x, None)
+out.sum().backward()
+print((out - lstm(x)[0]).abs().max().item())
+"""
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) < 1e-5
 
 
 def test_only_float32_lstms_of_a_width_of_16s_with_gradients(kernel):

@@ -61,12 +61,15 @@ def usable(rnn: nn.Module, x: torch.Tensor) -> bool:
 
 
 def _call(function, steps: int, batch: int, hidden: int, tensors: tuple[torch.Tensor, ...]):
-    """Calls a kernel function on torch's thread count with ``tensors``' addresses."""
+    """Calls a kernel function on torch's thread count with ``tensors``' addresses, or on one
+    thread where OpenMP gives fewer than that (a thread limit, dynamic teams): every sum has
+    one order, so the result is the same."""
     for tensor in tensors:
         assert tensor.is_contiguous() and tensor.dtype == torch.float32
     addresses = [tensor.data_ptr() for tensor in tensors]
-    if function(steps, batch, hidden, torch.get_num_threads(), *addresses):
-        raise RuntimeError("the LSTM kernel did not get the threads it asked OpenMP for")
+    refused = function(steps, batch, hidden, torch.get_num_threads(), *addresses)
+    if refused and function(steps, batch, hidden, 1, *addresses):
+        raise RuntimeError("the LSTM kernel got no OpenMP thread to run on")
 
 
 class Recurrence(torch.autograd.Function):
