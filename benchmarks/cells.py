@@ -45,8 +45,14 @@ import chargen  # noqa: E402
 from chargen.model import rnn as rnn_module  # noqa: E402
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
-CELLS = ("lstm", "ln", "ln-recurrent", "ln-groups", "ln-input")
 GROUP = 8
+LAYER_NORM_OPTIONS = {  # each candidate's LayerNormLSTM arguments
+    "ln": {},
+    "ln-recurrent": {"cell_norm": False},
+    "ln-groups": {"group": GROUP},
+    "ln-input": {"state_norm": True, "cell_norm": False},
+}
+CELLS = ("lstm", *LAYER_NORM_OPTIONS)
 
 
 class LayerNormLSTM(nn.Module):
@@ -110,14 +116,9 @@ def cell(name: str):
 
     def build(self, config):
         original(self, config)
-        options = {
-            "ln": {},
-            "ln-recurrent": {"cell_norm": False},
-            "ln-groups": {"group": GROUP},
-            "ln-input": {"state_norm": True, "cell_norm": False},
-        }
-        if name in options:
-            self.rnn = LayerNormLSTM(config.embedding_dim, config.hidden_size, **options[name])
+        if name in LAYER_NORM_OPTIONS:
+            options = LAYER_NORM_OPTIONS[name]
+            self.rnn = LayerNormLSTM(config.embedding_dim, config.hidden_size, **options)
 
     rnn_module.RNNLanguageModel.__init__ = build
     try:
