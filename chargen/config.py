@@ -15,8 +15,9 @@ from typing import Any
 
 from chargen.errors import UsageError
 
-CELLS = ("rnn", "lstm", "gru")
-"""Recurrent cell names; the model's registry and the CLI's choices both read this tuple."""
+CELLS = ("rnn", "lstm", "gru", "lnlstm")
+"""Recurrent cell names; the model's registry and the CLI's choices both read this tuple.
+``lnlstm`` is the layer-normalised LSTM (``chargen.model.lnlstm``)."""
 
 LEVELS = ("char", "word", "abc")
 """Tokenizer levels; ``chargen.text.tokenizer.LEVEL_SPECS`` says how each cuts text."""

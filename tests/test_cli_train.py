@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from chargen.config import CELLS
 from chargen.runs import store as checkpoint
 from tests.cli_helpers import TINY, one_line_error, run, train
 
@@ -117,7 +118,7 @@ def test_tie_weights_with_unequal_sizes_is_a_usage_error(corpus):
 
 
 @pytest.mark.parametrize("level", ["char", "word"])
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_smoke_every_cell_and_level_trains_saves_and_samples(corpus, cell, level):
     train(corpus, "m", "--cell", cell, "--level", level, "--layers", "2", "--dropout", "0.1")
     result = run("sample", "m", "--length", "20", "--seed", "1")

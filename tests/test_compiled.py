@@ -1,6 +1,6 @@
-"""The compiled LSTM step (chargen/model/compiled.py): torch's step within bf16's rounding, the
-same numbers for a row whatever runs beside it and at any thread count, and torch's step
-wherever the kernel cannot run."""
+"""The compiled LSTM step (chargen/model/compiled.py), plain and layer-normalised: torch's step
+within bf16's rounding, the same numbers for a row whatever runs beside it and at any thread
+count, and torch's step wherever the kernel cannot run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from chargen.generation.engine import MANY_ROWS, Engine, Sequence
 from chargen.generation.sampling import sequence_key
 from chargen.model import compiled, native
 from chargen.model.compiled import CompiledStepper
-from chargen.model.rnn import RNNLanguageModel
+from chargen.model.rnn import LSTMS, RNNLanguageModel
 from chargen.model.stepper import Stepper
 from tests.conftest import tiny_model
 
@@ -28,10 +28,10 @@ def kernel():
         pytest.skip("the compiled step needs an x86 CPU with AVX2 and FMA and a C compiler")
 
 
-def lstm(layers=1, hidden=32, seed=0, vocab=VOCAB):
+def lstm(layers=1, hidden=32, seed=0, vocab=VOCAB, cell="lstm"):
     torch.manual_seed(seed)
     model = RNNLanguageModel(
-        tiny_model("lstm", vocab_size=vocab, num_layers=layers, hidden_size=hidden)
+        tiny_model(cell, vocab_size=vocab, num_layers=layers, hidden_size=hidden)
     )
     with torch.no_grad():  # gates far from zero, where rounding shows
         for parameter in model.parameters():
@@ -53,8 +53,9 @@ def rows_of(hidden, index):
     ("layers", "hidden", "vocab"),
     [(1, 32, 40), (2, 32, 40), (1, 8, 70), (2, 16, 130)],  # vocab 70, 130: 64 logits at once
 )
-def test_the_compiled_step_matches_torchs_within_bf16_rounding(kernel, layers, hidden, vocab):
-    model = lstm(layers, hidden, vocab=vocab)
+@pytest.mark.parametrize("cell", LSTMS)
+def test_the_compiled_step_matches_torchs_within_bf16_rounding(kernel, layers, hidden, vocab, cell):
+    model = lstm(layers, hidden, vocab=vocab, cell=cell)
     ids = torch.tensor([3, 0, 17, vocab - 1, 5])
     hidden = state(model, len(ids))
     with torch.inference_mode():
@@ -65,7 +66,8 @@ def test_the_compiled_step_matches_torchs_within_bf16_rounding(kernel, layers, h
     scale = want[:, 1:].abs().max()
     error = (got[:, 1:] - want[:, 1:]).abs().max() / scale
     assert 0 < error < 2e-2  # bf16 weights: close, and not the float32 product itself
-    torch.testing.assert_close(got_h, want_h, atol=2e-2, rtol=0)
+    # a normalisation over 8 or 16 units (gains of 3) magnifies bf16's rounding of the sums
+    torch.testing.assert_close(got_h, want_h, atol=2e-2 if cell == "lstm" else 4e-2, rtol=0)
     torch.testing.assert_close(got_c, want_c, atol=5e-2, rtol=2e-2)
 
 
@@ -76,9 +78,10 @@ def test_the_compiled_step_matches_torchs_within_bf16_rounding(kernel, layers, h
     rows=st.integers(2, 9),
     layers=st.integers(1, 2),
     seed=st.integers(0, 2**16),
+    cell=st.sampled_from(LSTMS),
 )
-def test_a_row_gives_the_same_bits_alone_as_beside_others(kernel, rows, layers, seed):
-    model = lstm(layers, hidden=24)
+def test_a_row_gives_the_same_bits_alone_as_beside_others(kernel, rows, layers, seed, cell):
+    model = lstm(layers, hidden=24, cell=cell)
     stepper = CompiledStepper(model)
     ids = torch.randint(0, VOCAB, (rows,), generator=torch.Generator().manual_seed(seed))
     hidden = state(model, rows, seed)
@@ -90,8 +93,9 @@ def test_a_row_gives_the_same_bits_alone_as_beside_others(kernel, rows, layers, 
             assert torch.equal(h1[:, 0], h[:, row]) and torch.equal(c1[:, 0], c[:, row])
 
 
-def test_bad_ids_and_states_are_errors_and_nan_stays_nan(kernel):
-    model = lstm(2)
+@pytest.mark.parametrize("cell", LSTMS)
+def test_bad_ids_and_states_are_errors_and_nan_stays_nan(kernel, cell):
+    model = lstm(2, cell=cell)
     stepper = CompiledStepper(model)
     hidden = state(model, 2)
     with torch.inference_mode():
@@ -101,7 +105,7 @@ def test_bad_ids_and_states_are_errors_and_nan_stays_nan(kernel):
         with pytest.raises(ValueError, match="ids for a state of 2 rows"):
             stepper(torch.tensor([1]), hidden)
         with pytest.raises(ValueError, match="does not fit"):
-            stepper(torch.tensor([1, 2]), rows_of(state(lstm(2, hidden=16), 2), [0, 1]))
+            stepper(torch.tensor([1, 2]), rows_of(state(lstm(2, 16, cell=cell), 2), [0, 1]))
         broken = (hidden[0].clone(), hidden[1])
         broken[0][0, 1, 3] = torch.nan
         logits, (h, _) = stepper(torch.tensor([1, 2]), broken)
@@ -109,8 +113,9 @@ def test_bad_ids_and_states_are_errors_and_nan_stays_nan(kernel):
 
 
 @pytest.mark.parametrize("hidden", [8, 64])  # 8: one block, so a thread with none
-def test_the_thread_count_does_not_change_a_bit(kernel, hidden):
-    model = lstm(2, hidden=hidden, vocab=70)
+@pytest.mark.parametrize("cell", LSTMS)
+def test_the_thread_count_does_not_change_a_bit(kernel, hidden, cell):
+    model = lstm(2, hidden=hidden, vocab=70, cell=cell)
     ids = torch.tensor([1, 2, 3])
     hidden = state(model, 3)
     stepper = CompiledStepper(model)

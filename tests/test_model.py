@@ -76,7 +76,7 @@ def test_tied_weights_need_equal_sizes():
 
 
 def test_unknown_cell_lists_the_valid_ones():
-    with pytest.raises(UsageError, match="rnn, lstm, gru"):
+    with pytest.raises(UsageError, match="rnn, lstm, gru, lnlstm"):
         ModelConfig(cell="transformer", vocab_size=3).validate()
 
 

@@ -64,7 +64,11 @@ _M = ModelConfig()
     help="Word level: drop tokens seen fewer times.",
 )
 @click.option(
-    "--cell", type=click.Choice(CELLS), default=_M.cell, show_default=True, help="Recurrent cell."
+    "--cell",
+    type=click.Choice(CELLS),
+    default=_M.cell,
+    show_default=True,
+    help="Recurrent cell (lnlstm: a layer-normalised LSTM, which learns more a step).",
 )
 @click.option("--layers", type=click.IntRange(1), default=_M.num_layers, show_default=True)
 @click.option(

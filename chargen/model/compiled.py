@@ -8,10 +8,13 @@ share stays in its own L2 between tokens where it fits (0.8 MB each for two thre
 units; docs/experiments.md, 2026-12-07, later). State, sums and the output layer stay
 float32; on 4,000 characters of tinyshakespeare the mean log-loss moved by 2e-6 nats.
 
+The layer-normalised LSTM (``lnlstm``) steps on ``lnlstm_step``: the same products, its threads
+meeting twice more a token for the normalisations' statistics.
+
 It takes and gives what ``Stepper`` does, and each row's numbers are the same whatever rows run
-beside it. It exists only for LSTMs whose width is a multiple of 8, on x86 CPUs with AVX2 and
-FMA, where the system's C compiler builds the kernel (``chargen.model.native``); ``available``
-says whether that holds.
+beside it. It exists only for LSTMs (plain or layer-normalised) whose width is a multiple of
+8, on x86 CPUs with AVX2 and FMA, where the system's C compiler builds the kernel
+(``chargen.model.native``); ``available`` says whether that holds.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import torch
 
 from chargen.model import native
-from chargen.model.rnn import Hidden, RNNLanguageModel
+from chargen.model.rnn import LSTMS, Hidden, RNNLanguageModel
 
 SOURCE = Path(__file__).with_name("lstm_step.c")
 FLAGS = ("-O2", "-shared", "-fPIC", "-fopenmp", "-mavx2", "-mfma")
@@ -38,7 +41,8 @@ def kernel() -> ctypes.CDLL | None:
     if lib is not None:
         size, pointer = ctypes.c_int, ctypes.c_void_p
         lib.lstm_step.argtypes = [size] * 5 + [pointer] * 2 + [ctypes.c_int64] + [pointer] * 10
-        lib.lstm_step.restype = ctypes.c_int
+        lib.lnlstm_step.argtypes = lib.lstm_step.argtypes + [pointer] * 4
+        lib.lstm_step.restype = lib.lnlstm_step.restype = ctypes.c_int
     return lib
 
 
@@ -52,7 +56,7 @@ def available(model: RNNLanguageModel, device: torch.device) -> bool:
     return (
         device.type == "cpu"
         and model.embedding.weight.device.type == "cpu"
-        and config.cell == "lstm"
+        and config.cell in LSTMS
         and config.hidden_size % BLOCK == 0
         and kernel() is not None
     )
@@ -77,24 +81,29 @@ class CompiledStepper:
         self.lib = kernel()
         config = model.config
         self.num_layers, self.hidden_size = config.num_layers, config.hidden_size
+        self.normalised = config.cell == "lnlstm"
         rnn, hidden = model.rnn, config.hidden_size
         doubled = torch.ones(4 * hidden)
-        doubled[2 * hidden : 3 * hidden] = 2  # the cell gate: tanh(x) = 2 sigmoid(2x) - 1
+        if not self.normalised:  # the cell gate: tanh(x) = 2 sigmoid(2x) - 1
+            doubled[2 * hidden : 3 * hidden] = 2
+        own = ("gain_hh", "gain_c", "shift_c") if self.normalised else ("bias_hh",)
         with torch.no_grad():
             weights = [
                 {
                     name: getattr(rnn, f"{name}_l{k}").float()
-                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                    for name in ("weight_ih", "weight_hh", "bias_ih", *own)
                 }
                 for k in range(self.num_layers)
             ]
-            bias = [(w["bias_ih"] + w["bias_hh"]) * doubled for w in weights]
+            bias = [(w["bias_ih"] + w.get("bias_hh", 0)) * doubled for w in weights]
             # (V, 4H): every token's first-layer input gates, biases included
             first = weights[0]
             table = model.embedding.weight.float() @ (first["weight_ih"].t() * doubled)
             self.table = (table + bias[0]).contiguous()
             self.w_hh = [pack(w["weight_hh"].t() * doubled) for w in weights]
             self.w_ih = [None] + [pack(w["weight_ih"].t() * doubled) for w in weights[1:]]
+            if self.normalised:
+                self.norms = [tuple(w[name].contiguous() for name in own) for w in weights]
             self.bias = [None] + [b.contiguous() for b in bias[1:]]
             head = model.head
             self.vocab_size = head.weight.shape[0]
@@ -107,7 +116,9 @@ class CompiledStepper:
         self.p_start = [_pointer(self.table)] + [_pointer(b) for b in self.bias[1:]]
         self.p_w_ih = [None] + [_pointer(w) for w in self.w_ih[1:]]
         self.p_w_hh = [_pointer(w) for w in self.w_hh]
+        self.p_norms = [[_pointer(t) for t in norm] for norm in getattr(self, "norms", ())]
         self.p_output = (_pointer(self.w_out), _pointer(self.b_out))
+        self._scratch = torch.empty(0)  # lnlstm_step's, kept between tokens
 
     def __call__(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         """Logits (N, V) for tokens ``ids`` (N,) and the next hidden state."""
@@ -121,31 +132,44 @@ class CompiledStepper:
             raise ValueError(f"{tuple(ids.shape)} ids for a state of {rows} rows")
         new = h_all.new_empty(2, layers, rows, width)  # h and c in one allocation
         logits = self.w_out.new_empty(rows, self.w_out.shape[1])
-        threads = torch.get_num_threads()
         for k in range(layers):
-            last = k == layers - 1
-            status = self.lib.lstm_step(
-                rows,
-                width,
-                width if k else 0,
-                self.w_out.shape[1],
-                threads,
-                self.p_start[k],
-                ids.data_ptr() if k == 0 else None,
-                len(self.table),
-                new[0, k - 1].data_ptr() if k else None,
-                self.p_w_ih[k],
-                self.p_w_hh[k],
-                h_all[k].data_ptr(),
-                c_all[k].data_ptr(),
-                new[0, k].data_ptr(),
-                new[1, k].data_ptr(),
-                *(self.p_output if last else (None, None)),
-                logits.data_ptr() if last else None,
-            )
-            if status:
+            if self._layer(k, ids, h_all, c_all, new, logits):
                 raise IndexError(f"a token id outside 0 to {len(self.table) - 1}: {ids.tolist()}")
         return logits[:, : self.vocab_size], (new[0], new[1])
+
+    def _layer(self, k, ids, h_all, c_all, new, logits) -> int:
+        """Layer ``k`` into ``new`` (and ``logits`` for the last); the kernel's status."""
+        layers, rows, width = h_all.shape
+        last = k == layers - 1
+        arguments = [
+            rows,
+            width,
+            width if k else 0,
+            self.w_out.shape[1],
+            torch.get_num_threads(),
+            self.p_start[k],
+            ids.data_ptr() if k == 0 else None,
+            len(self.table),
+            new[0, k - 1].data_ptr() if k else None,
+            self.p_w_ih[k],
+            self.p_w_hh[k],
+        ]
+        if self.normalised:
+            arguments += self.p_norms[k]
+        arguments += [
+            h_all[k].data_ptr(),
+            c_all[k].data_ptr(),
+            new[0, k].data_ptr(),
+            new[1, k].data_ptr(),
+            *(self.p_output if last else (None, None)),
+            logits.data_ptr() if last else None,
+        ]
+        if not self.normalised:
+            return self.lib.lstm_step(*arguments)
+        size = rows * (8 * width + 5 * width // 4)
+        if self._scratch.numel() < size:
+            self._scratch = torch.empty(size)
+        return self.lib.lnlstm_step(*arguments, self._scratch.data_ptr())
 
 
 def _plain(state: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,10 @@ struct job {
     int T, B, H;
     const float *w, *xg, *h0, *c0, *dhs, *dc_last;
     float *wf, *wb, *hs, *cs, *acts, *dg, *dh_rec, *dc_next;
+    /* the layer-normalised cell's: its parameters, what the forward keeps for the backward, the
+     * blocks' statistics of a step, and the backward's gradients */
+    const float *gain_hh, *gain_c, *shift_c;
+    float *rhat, *chat, *rstd, *gate_stats, *cell_stats, *dr, *dch, *dgain, *dshift;
     struct barrier barrier;
 };
 
@@ -224,6 +228,273 @@ static void backward_part(struct job *j, int first, int end)
     }
 }
 
+
+/* ---- The layer-normalised LSTM (chargen/model/lnlstm.py has the equations and the reference)
+ *
+ * Per step, each row's four recurrent sums W_hh h and then its cell are normalised over all H
+ * units, so the threads meet three times a step: after the products (each thread has its units'
+ * sums and their statistics), after the gates and the cell, and after the hidden state. Each
+ * block of 16 units gives its sum and its sum of squares about its own mean (floats, one fixed
+ * order); every thread then combines all blocks in block order in double precision, so the
+ * statistics are the same whichever thread owns a block and however many threads there are.
+ *
+ * More layouts (beside the plain kernel's):
+ *   rhat  (B, T, 4H)  each gate's normalised recurrent sums
+ *   chat  (B, T, H)   the normalised cell
+ *   rstd  (B, T, 5)   1 / sqrt(variance + EPS) of each gate's sums, then of the cell
+ *   dr    (B, T, 4H)  the gradient at the recurrent sums W_hh h, for W_hh's gradient
+ *   dgain (5H)        gain_hh's gradient, then gain_c's; dshift (H) shift_c's */
+#define EPS 1e-5
+
+/* The sum of a vector's 8 floats, in one fixed order. */
+static inline float sum8(__m256 v)
+{
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+}
+
+/* A block of 16 floats' sum and sum of squares about the block's mean. */
+static inline void block_moments(const float *x, float *out)
+{
+    __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
+    const float sum = sum8(_mm256_add_ps(a, b));
+    const __m256 mean = _mm256_set1_ps(sum / UNITS);
+    a = _mm256_sub_ps(a, mean), b = _mm256_sub_ps(b, mean);
+    out[0] = sum;
+    out[1] = sum8(_mm256_fmadd_ps(a, a, _mm256_mul_ps(b, b)));
+}
+
+/* The mean and 1 / sqrt(variance + EPS) over ``blocks`` blocks' moments (pairs, in turn). */
+static inline void combine_moments(const float *moments, int blocks, float *mean, float *rstd)
+{
+    double sum = 0, squares = 0;
+    for (int p = 0; p < blocks; p++)
+        sum += moments[2 * p];
+    const double mu = sum / (blocks * UNITS);
+    for (int p = 0; p < blocks; p++) {
+        const double off = moments[2 * p] / UNITS - mu;
+        squares += moments[2 * p + 1] + UNITS * off * off;
+    }
+    *mean = (float)mu;
+    const __m128d variance = _mm_set_sd(squares / (blocks * UNITS) + EPS);
+    *rstd = (float)(1.0 / _mm_cvtsd_f64(_mm_sqrt_sd(variance, variance)));
+}
+
+/* A block of 16 floats' sums of ``x`` and of ``x * y``. */
+static inline void block_sums(const float *x, const float *y, float *out)
+{
+    __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
+    out[0] = sum8(_mm256_add_ps(a, b));
+    out[1] = sum8(_mm256_fmadd_ps(a, _mm256_loadu_ps(y), _mm256_mul_ps(b, _mm256_loadu_ps(y + 8))));
+}
+
+/* The means over all units of ``blocks`` blocks' sums (pairs, in turn). */
+static inline void combine_sums(const float *sums, int blocks, float *mean_x, float *mean_xy)
+{
+    double x = 0, xy = 0;
+    for (int p = 0; p < blocks; p++)
+        x += sums[2 * p], xy += sums[2 * p + 1];
+    *mean_x = (float)(x / (blocks * UNITS));
+    *mean_xy = (float)(xy / (blocks * UNITS));
+}
+
+static void ln_forward_part(struct job *j, int first, int end)
+{
+    const int T = j->T, B = j->B, H = j->H, G = 4 * H, NB = H / UNITS;
+    pack(j, first, end);
+    for (int t = 0; t < T; t++) {
+        /* the recurrent sums of this thread's units, and their blocks' moments */
+        for (int b = 2 * first; b < 2 * end; b++) {
+            const int u = b * 8;
+            for (int m0 = 0; m0 < B; m0 += ROWS) {
+                const int R = min_int(ROWS, B - m0);
+                const float *a[ROWS];
+                for (int r = 0; r < R; r++)
+                    a[r] = t ? j->hs + ((size_t)(m0 + r) * T + t - 1) * H : j->h0 + (size_t)(m0 + r) * H;
+                for (int s = 0; s < 2; s++) {
+                    __m256 acc[ROWS][2];
+                    for (int r = 0; r < R; r++)
+                        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+                    panel_rows(R, H, a, j->wf + (size_t)(2 * b + s) * H * 16, acc);
+                    for (int r = 0; r < R; r++) {
+                        float *to = j->rhat + ((size_t)(m0 + r) * T + t) * G + u;
+                        _mm256_storeu_ps(to + 2 * s * H, acc[r][0]);
+                        _mm256_storeu_ps(to + (2 * s + 1) * H, acc[r][1]);
+                    }
+                }
+            }
+        }
+        for (int m = 0; m < B; m++)
+            for (int q = 0; q < 4; q++)
+                for (int p = first; p < end; p++)
+                    block_moments(j->rhat + ((size_t)m * T + t) * G + q * H + p * UNITS,
+                                  j->gate_stats + (((size_t)m * 4 + q) * NB + p) * 2);
+        barrier_wait(&j->barrier);
+        /* the gates from the normalised sums, the cell, and the cell's blocks' moments */
+        for (int m = 0; m < B; m++) {
+            const size_t at = (size_t)m * T + t;
+            __m256 mean[4], rstd[4];
+            for (int q = 0; q < 4; q++) {
+                float mu, rs;
+                combine_moments(j->gate_stats + ((size_t)m * 4 + q) * NB * 2, NB, &mu, &rs);
+                mean[q] = _mm256_set1_ps(mu), rstd[q] = _mm256_set1_ps(rs);
+                if (first == 0)
+                    j->rstd[at * 5 + q] = rs;
+            }
+            for (int u = first * UNITS; u < end * UNITS; u += 8) {
+                __m256 pre[4];
+                for (int q = 0; q < 4; q++) {
+                    float *rh = j->rhat + at * G + q * H + u;
+                    __m256 x = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(rh), mean[q]), rstd[q]);
+                    _mm256_storeu_ps(rh, x);
+                    pre[q] = _mm256_fmadd_ps(_mm256_loadu_ps(j->gain_hh + q * H + u), x,
+                                             _mm256_loadu_ps(j->xg + at * G + q * H + u));
+                }
+                __m256 i = sigmoid8(pre[0]), f = sigmoid8(pre[1]), g = tanh8(pre[2]);
+                __m256 o = sigmoid8(pre[3]);
+                const float *c_prev = t ? j->cs + (at - 1) * H + u : j->c0 + (size_t)m * H + u;
+                __m256 c = _mm256_fmadd_ps(f, _mm256_loadu_ps(c_prev), _mm256_mul_ps(i, g));
+                float *act = j->acts + at * G + u;
+                _mm256_storeu_ps(act, i);
+                _mm256_storeu_ps(act + H, f);
+                _mm256_storeu_ps(act + 2 * H, g);
+                _mm256_storeu_ps(act + 3 * H, o);
+                _mm256_storeu_ps(j->cs + at * H + u, c);
+            }
+            for (int p = first; p < end; p++)
+                block_moments(j->cs + at * H + p * UNITS, j->cell_stats + ((size_t)m * NB + p) * 2);
+        }
+        barrier_wait(&j->barrier);
+        /* the hidden state from the normalised cell */
+        for (int m = 0; m < B; m++) {
+            const size_t at = (size_t)m * T + t;
+            float mu, rs;
+            combine_moments(j->cell_stats + (size_t)m * NB * 2, NB, &mu, &rs);
+            if (first == 0)
+                j->rstd[at * 5 + 4] = rs;
+            const __m256 mean = _mm256_set1_ps(mu), rstd = _mm256_set1_ps(rs);
+            for (int u = first * UNITS; u < end * UNITS; u += 8) {
+                __m256 x = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(j->cs + at * H + u), mean), rstd);
+                _mm256_storeu_ps(j->chat + at * H + u, x);
+                __m256 shown = _mm256_fmadd_ps(_mm256_loadu_ps(j->gain_c + u), x,
+                                               _mm256_loadu_ps(j->shift_c + u));
+                __m256 o = _mm256_loadu_ps(j->acts + at * G + 3 * H + u);
+                _mm256_storeu_ps(j->hs + at * H + u, _mm256_mul_ps(o, tanh8(shown)));
+            }
+        }
+        barrier_wait(&j->barrier);
+    }
+}
+
+static void ln_backward_part(struct job *j, int first, int end)
+{
+    const int T = j->T, B = j->B, H = j->H, G = 4 * H, NB = H / UNITS;
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int t = T - 1; t >= 0; t--) {
+        /* back through h = o tanh(gain_c chat + shift_c): the output gate's gradient, the
+         * normalised cell's, and the blocks' sums for the normalisation's gradient */
+        for (int m = 0; m < B; m++) {
+            const size_t at = (size_t)m * T + t;
+            for (int u = first * UNITS; u < end * UNITS; u += 8) {
+                __m256 ch = _mm256_loadu_ps(j->chat + at * H + u);
+                __m256 gain = _mm256_loadu_ps(j->gain_c + u);
+                __m256 tc = tanh8(_mm256_fmadd_ps(gain, ch, _mm256_loadu_ps(j->shift_c + u)));
+                __m256 o = _mm256_loadu_ps(j->acts + at * G + 3 * H + u);
+                __m256 dh = _mm256_add_ps(_mm256_loadu_ps(j->dhs + at * H + u),
+                                          _mm256_loadu_ps(j->dh_rec + (size_t)m * H + u));
+                __m256 dshown = _mm256_mul_ps(_mm256_mul_ps(dh, o), _mm256_fnmadd_ps(tc, tc, one));
+                float *dshift = j->dshift + u, *dgain = j->dgain + 4 * H + u;
+                _mm256_storeu_ps(dshift, _mm256_add_ps(_mm256_loadu_ps(dshift), dshown));
+                _mm256_storeu_ps(dgain, _mm256_fmadd_ps(dshown, ch, _mm256_loadu_ps(dgain)));
+                _mm256_storeu_ps(j->dch + (size_t)m * H + u, _mm256_mul_ps(dshown, gain));
+                _mm256_storeu_ps(j->dg + at * G + 3 * H + u,
+                                 _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dh, tc), o), _mm256_sub_ps(one, o)));
+            }
+            for (int p = first; p < end; p++)
+                block_sums(j->dch + (size_t)m * H + p * UNITS, j->chat + at * H + p * UNITS,
+                           j->cell_stats + ((size_t)m * NB + p) * 2);
+        }
+        barrier_wait(&j->barrier);
+        /* the cell's gradient, the other gates', and the blocks' sums for the recurrent sums' */
+        for (int m = 0; m < B; m++) {
+            const size_t at = (size_t)m * T + t;
+            float mean_d, mean_dx;
+            combine_sums(j->cell_stats + (size_t)m * NB * 2, NB, &mean_d, &mean_dx);
+            const __m256 a = _mm256_set1_ps(mean_d), b = _mm256_set1_ps(mean_dx);
+            const __m256 rstd = _mm256_set1_ps(j->rstd[at * 5 + 4]);
+            for (int u = first * UNITS; u < end * UNITS; u += 8) {
+                const float *act = j->acts + at * G + u;
+                __m256 i = _mm256_loadu_ps(act), f = _mm256_loadu_ps(act + H);
+                __m256 g = _mm256_loadu_ps(act + 2 * H);
+                __m256 ch = _mm256_loadu_ps(j->chat + at * H + u);
+                __m256 dch = _mm256_sub_ps(_mm256_loadu_ps(j->dch + (size_t)m * H + u), a);
+                const float *c_prev = t ? j->cs + (at - 1) * H + u : j->c0 + (size_t)m * H + u;
+                float *dc_next = j->dc_next + (size_t)m * H + u;
+                __m256 dc = _mm256_fmadd_ps(rstd, _mm256_fnmadd_ps(ch, b, dch), _mm256_loadu_ps(dc_next));
+                _mm256_storeu_ps(dc_next, _mm256_mul_ps(dc, f));
+                __m256 d[3] = {
+                    _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dc, g), i), _mm256_sub_ps(one, i)),
+                    _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dc, _mm256_loadu_ps(c_prev)), f),
+                                  _mm256_sub_ps(one, f)),
+                    _mm256_mul_ps(_mm256_mul_ps(dc, i), _mm256_fnmadd_ps(g, g, one)),
+                };
+                for (int q = 0; q < 3; q++)
+                    _mm256_storeu_ps(j->dg + at * G + q * H + u, d[q]);
+                for (int q = 0; q < 4; q++) {
+                    __m256 dq = q < 3 ? d[q] : _mm256_loadu_ps(j->dg + at * G + 3 * H + u);
+                    __m256 rh = _mm256_loadu_ps(j->rhat + at * G + q * H + u);
+                    float *dgain = j->dgain + q * H + u;
+                    _mm256_storeu_ps(dgain, _mm256_fmadd_ps(dq, rh, _mm256_loadu_ps(dgain)));
+                    _mm256_storeu_ps(j->dr + at * G + q * H + u,
+                                     _mm256_mul_ps(dq, _mm256_loadu_ps(j->gain_hh + q * H + u)));
+                }
+            }
+            for (int q = 0; q < 4; q++)
+                for (int p = first; p < end; p++)
+                    block_sums(j->dr + at * G + q * H + p * UNITS, j->rhat + at * G + q * H + p * UNITS,
+                               j->gate_stats + (((size_t)m * 4 + q) * NB + p) * 2);
+        }
+        barrier_wait(&j->barrier);
+        /* the recurrent sums' gradient */
+        for (int m = 0; m < B; m++) {
+            const size_t at = (size_t)m * T + t;
+            for (int q = 0; q < 4; q++) {
+                float mean_d, mean_dx;
+                combine_sums(j->gate_stats + ((size_t)m * 4 + q) * NB * 2, NB, &mean_d, &mean_dx);
+                const __m256 a = _mm256_set1_ps(mean_d), b = _mm256_set1_ps(mean_dx);
+                const __m256 rstd = _mm256_set1_ps(j->rstd[at * 5 + q]);
+                for (int u = first * UNITS; u < end * UNITS; u += 8) {
+                    float *dr = j->dr + at * G + q * H + u;
+                    __m256 rh = _mm256_loadu_ps(j->rhat + at * G + q * H + u);
+                    __m256 x = _mm256_fnmadd_ps(rh, b, _mm256_sub_ps(_mm256_loadu_ps(dr), a));
+                    _mm256_storeu_ps(dr, _mm256_mul_ps(rstd, x));
+                }
+            }
+        }
+        barrier_wait(&j->barrier);
+        /* dh at step t - 1 for this thread's units: all of step t's dr times W_hh */
+        for (int p = first; p < end; p++) {
+            const float *w = j->wb + (size_t)p * G * 16;
+            for (int m0 = 0; m0 < B; m0 += ROWS) {
+                const int R = min_int(ROWS, B - m0);
+                const float *a[ROWS];
+                __m256 acc[ROWS][2];
+                for (int r = 0; r < R; r++) {
+                    a[r] = j->dr + ((size_t)(m0 + r) * T + t) * G;
+                    acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+                }
+                panel_rows(R, G, a, w, acc);
+                for (int r = 0; r < R; r++) {
+                    float *to = j->dh_rec + (size_t)(m0 + r) * H + p * UNITS;
+                    _mm256_storeu_ps(to, acc[r][0]);
+                    _mm256_storeu_ps(to + 8, acc[r][1]);
+                }
+            }
+        }
+    }
+}
+
 /* Runs ``work`` on a team of torch's OpenMP threads (its libgomp, already loaded), each on its
  * share of the blocks of 16 units. */
 static void run(struct job *j, int threads, void (*work)(struct job *, int, int))
@@ -268,5 +539,53 @@ int lstm_window_backward(int T, int B, int H, int threads, const float *wb, cons
     memset(dh0, 0, (size_t)B * H * sizeof(float)); /* the last state's gradient is in dhs */
     memcpy(dc0, dc_last, (size_t)B * H * sizeof(float));
     run(&j, threads, backward_part);
+    return j.barrier.threads < 0 ? -1 : 0;
+}
+
+/* The layer-normalised forward: as lstm_window_forward, with ``xg`` the input's gates and bias
+ * only, the gains and shift (4H, H, H), and what the backward needs: ``rhat``, ``chat`` and
+ * ``rstd``. Returns 0, -1 as lstm_window_forward, or -2 where memory ran out. */
+int lnlstm_window_forward(int T, int B, int H, int threads, const float *w, float *wf, float *wb,
+                          const float *xg, const float *gain_hh, const float *gain_c,
+                          const float *shift_c, const float *h0, const float *c0, float *hs,
+                          float *cs, float *acts, float *rhat, float *chat, float *rstd)
+{
+    float *stats = malloc((size_t)B * 5 * (H / UNITS) * 2 * sizeof(float));
+    if (!stats)
+        return -2;
+    struct job j = {.T = T, .B = B, .H = H, .w = w, .wf = wf, .wb = wb, .xg = xg, .h0 = h0,
+                    .c0 = c0, .hs = hs, .cs = cs, .acts = acts, .gain_hh = gain_hh,
+                    .gain_c = gain_c, .shift_c = shift_c, .rhat = rhat, .chat = chat, .rstd = rstd,
+                    .gate_stats = stats, .cell_stats = stats + (size_t)B * 4 * (H / UNITS) * 2};
+    run(&j, threads, ln_forward_part);
+    free(stats);
+    return j.barrier.threads < 0 ? -1 : 0;
+}
+
+/* The layer-normalised backward: ``dg`` the gradient of ``xg``, ``dr`` that of the recurrent
+ * sums W_hh h (B, T, 4H), ``dgain`` that of gain_hh and then gain_c (5H), ``dshift`` that of
+ * shift_c (H), and the first states' ``dh0``, ``dc0``. Returns as the forward. */
+int lnlstm_window_backward(int T, int B, int H, int threads, const float *wb, const float *gain_hh,
+                           const float *gain_c, const float *shift_c, const float *acts,
+                           const float *cs, const float *c0, const float *rhat, const float *chat,
+                           const float *rstd, const float *dhs, const float *dc_last, float *dg,
+                           float *dr, float *dgain, float *dshift, float *dh0, float *dc0)
+{
+    const size_t stats_size = (size_t)B * 5 * (H / UNITS) * 2;
+    float *scratch = malloc((stats_size + (size_t)B * H) * sizeof(float));
+    if (!scratch)
+        return -2;
+    struct job j = {.T = T, .B = B, .H = H, .wb = (float *)wb, .acts = (float *)acts,
+                    .cs = (float *)cs, .c0 = c0, .dhs = dhs, .dg = dg, .dh_rec = dh0,
+                    .dc_next = dc0, .gain_hh = gain_hh, .gain_c = gain_c, .shift_c = shift_c,
+                    .rhat = (float *)rhat, .chat = (float *)chat, .rstd = (float *)rstd,
+                    .gate_stats = scratch, .cell_stats = scratch + (size_t)B * 4 * (H / UNITS) * 2,
+                    .dch = scratch + stats_size, .dr = dr, .dgain = dgain, .dshift = dshift};
+    memset(dh0, 0, (size_t)B * H * sizeof(float));
+    memcpy(dc0, dc_last, (size_t)B * H * sizeof(float));
+    memset(dgain, 0, (size_t)5 * H * sizeof(float));
+    memset(dshift, 0, (size_t)H * sizeof(float));
+    run(&j, threads, ln_backward_part);
+    free(scratch);
     return j.barrier.threads < 0 ? -1 : 0;
 }

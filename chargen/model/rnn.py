@@ -2,7 +2,8 @@
 
 One interface for every cell type: ``forward(ids, hidden) -> (logits, hidden)`` and
 ``init_hidden(batch)``. The loss is computed by the caller. The cells are torch's fused
-implementations; ``rnn`` is the plain recurrence h_t = tanh(W_hh h_{t-1} + W_xh x_t + b).
+implementations, but for ``lnlstm``, the layer-normalised LSTM of ``chargen.model.lnlstm``;
+``rnn`` is the plain recurrence h_t = tanh(W_hh h_{t-1} + W_xh x_t + b).
 Also here: the helpers that detach, reset, select and join hidden states.
 """
 
@@ -17,6 +18,7 @@ from torch import nn
 from chargen.config import CELLS, ModelConfig
 from chargen.errors import UsageError
 from chargen.model import amx, window
+from chargen.model.lnlstm import LayerNormLSTM
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -43,8 +45,21 @@ def dropout_mask(
     return halves < kept - MASK_LEVELS // 2, kept / MASK_LEVELS
 
 
-CELL_TYPES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CELL_TYPES: dict[str, type[nn.Module]] = {
+    "rnn": nn.RNN,
+    "lstm": nn.LSTM,
+    "gru": nn.GRU,
+    "lnlstm": LayerNormLSTM,
+}
+"""Each cell's module, all with the interface of torch's recurrent layers: built from the
+input size, the width, ``num_layers``, ``dropout`` and ``batch_first``; called on (B, T, E)."""
 assert tuple(CELL_TYPES) == CELLS, "config.CELLS and the registry must list the same cells"
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3, "lnlstm": 4}
+"""Each cell's gates, stacked in its weights: ``weight_ih_l{k}`` is (gates * hidden, inputs)."""
+
+LSTMS = ("lstm", "lnlstm")
+"""The cells with an LSTM's gates (i, f, g, o), a cell state beside ``h`` and a forget gate."""
 
 
 class RNNLanguageModel(nn.Module):
@@ -72,7 +87,7 @@ class RNNLanguageModel(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        if self.config.cell == "lstm":
+        if self.config.cell in LSTMS:
             # Forget-gate bias of 1 so the cell remembers by default early in training
             # (Jozefowicz et al. 2015, "An Empirical Exploration of Recurrent Network
             # Architectures").
@@ -100,6 +115,9 @@ class RNNLanguageModel(nn.Module):
         elif window.usable(self.rnn, x):  # the same in float32, compiled
             table = (ids, self.embedding.weight) if x is embedded else (None, None)
             out, hidden = window.lstm(self.rnn, x, hidden, *table)
+        elif window.usable_layer_norm(self.rnn, x):  # the layer-normalised LSTM, compiled
+            table = (ids, self.embedding.weight) if x is embedded else (None, None)
+            out, hidden = window.lnlstm(self.rnn, x, hidden, *table)
         else:
             out, hidden = self.rnn(x, hidden)  # (B, T, H)
         return self.head(self._dropout(out, generator)), hidden  # (B, T, V)
@@ -125,7 +143,7 @@ class RNNLanguageModel(nn.Module):
         # new_zeros: the state follows the weights' device and dtype.
         weight = self.head.weight
         zeros = weight.new_zeros(self.config.num_layers, batch, self.config.hidden_size)
-        if self.config.cell == "lstm":
+        if self.config.cell in LSTMS:
             return zeros, zeros.clone()
         return zeros
 
@@ -135,13 +153,18 @@ class RNNLanguageModel(nn.Module):
         without building one (a test holds it to the real thing): a damaged or hostile config
         is checked against saved weights before anything is allocated."""
         vocab, width, hidden = config.vocab_size, config.embedding_dim, config.hidden_size
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell] * hidden
+        gates = GATES[config.cell] * hidden
         shapes = {"embedding.weight": (vocab, width)}
         for k in range(config.num_layers):
             shapes[f"rnn.weight_ih_l{k}"] = (gates, width if k == 0 else hidden)
             shapes[f"rnn.weight_hh_l{k}"] = (gates, hidden)
             shapes[f"rnn.bias_ih_l{k}"] = (gates,)
-            shapes[f"rnn.bias_hh_l{k}"] = (gates,)
+            if config.cell == "lnlstm":  # one bias, and the normalisations' gains and shift
+                shapes[f"rnn.gain_hh_l{k}"] = (gates,)
+                shapes[f"rnn.gain_c_l{k}"] = (hidden,)
+                shapes[f"rnn.shift_c_l{k}"] = (hidden,)
+            else:
+                shapes[f"rnn.bias_hh_l{k}"] = (gates,)
         shapes["head.weight"] = (vocab, hidden)
         shapes["head.bias"] = (vocab,)
         return shapes

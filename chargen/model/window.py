@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chargen.model import native
+from chargen.model.lnlstm import LayerNormLSTM
 
 SOURCE = Path(__file__).with_name("lstm_window.c")
 FLAGS = ("-O2", "-shared", "-fPIC", "-fopenmp", "-mavx2", "-mfma")
@@ -39,7 +40,11 @@ def kernel() -> ctypes.CDLL | None:
         size, pointer = ctypes.c_int, ctypes.c_void_p
         lib.lstm_window_forward.argtypes = [size] * 4 + [pointer] * 9
         lib.lstm_window_backward.argtypes = [size] * 4 + [pointer] * 9
-        lib.lstm_window_forward.restype = lib.lstm_window_backward.restype = ctypes.c_int
+        lib.lnlstm_window_forward.argtypes = [size] * 4 + [pointer] * 15
+        lib.lnlstm_window_backward.argtypes = [size] * 4 + [pointer] * 18
+        for function in ("lstm", "lnlstm"):
+            for part in ("forward", "backward"):
+                getattr(lib, f"{function}_window_{part}").restype = ctypes.c_int
     return lib
 
 
@@ -68,8 +73,12 @@ def _call(function, steps: int, batch: int, hidden: int, tensors: tuple[torch.Te
         assert tensor.is_contiguous() and tensor.dtype == torch.float32
     addresses = [tensor.data_ptr() for tensor in tensors]
     refused = function(steps, batch, hidden, torch.get_num_threads(), *addresses)
-    if refused and function(steps, batch, hidden, 1, *addresses):
+    if refused == -1:
+        refused = function(steps, batch, hidden, 1, *addresses)
+    if refused == -1:
         raise RuntimeError("the LSTM kernel got no OpenMP thread to run on")
+    if refused:
+        raise MemoryError("the LSTM kernel could not allocate its buffers")
 
 
 class Recurrence(torch.autograd.Function):
@@ -141,4 +150,90 @@ def lstm(
         out, c_last = Recurrence.apply(xg, w_hh, state[0][k], state[1][k])
         last_h.append(out[:, -1])
         last_c.append(c_last)
+    return out, (torch.stack(last_h), torch.stack(last_c))
+
+
+def usable_layer_norm(rnn: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a forward of the layer-normalised LSTM ``rnn`` on ``x`` can run on the kernel:
+    in training, and in evaluation too, where torch has no fused form of this cell to run
+    instead (its loop takes several times as long). Under autocast it runs in float32: the
+    recurrence has no bf16 form here."""
+    return (
+        isinstance(rnn, LayerNormLSTM)
+        and x.device.type == "cpu"
+        and rnn.weight_hh_l0.dtype == torch.float32
+        and rnn.hidden_size % UNITS == 0
+        and kernel() is not None
+    )
+
+
+class LayerNormRecurrence(torch.autograd.Function):
+    """One layer-normalised LSTM layer's recurrence over a window: from the input's gates
+    ``xg`` (B, T, 4H, bias included), ``weight_hh`` (4H, H), the gains and shift (4H, H, H)
+    and the first states ``h0``, ``c0`` (B, H), the hidden states (B, T, H) and the last cell
+    state (B, H), as ``LayerNormLSTM.cell`` computes them step by step."""
+
+    @staticmethod
+    def forward(ctx, xg, weight_hh, gain_hh, gain_c, shift_c, h0, c0):
+        batch, steps, gates = xg.shape
+        hidden = gates // 4
+        xg, weight = xg.detach().float().contiguous(), weight_hh.detach().contiguous()
+        gains = tuple(p.detach().contiguous() for p in (gain_hh, gain_c, shift_c))
+        h0, c0 = h0.detach().float().contiguous(), c0.detach().float().contiguous()
+        packed_forward, packed_backward = torch.empty_like(weight), torch.empty_like(weight)
+        hs, cs, chat = (xg.new_empty(batch, steps, hidden) for _ in range(3))
+        acts, rhat = torch.empty_like(xg), torch.empty_like(xg)
+        rstd = xg.new_empty(batch, steps, 5)
+        tensors = (weight, packed_forward, packed_backward, xg, *gains, h0, c0, hs, cs, acts)
+        _call(kernel().lnlstm_window_forward, steps, batch, hidden, (*tensors, rhat, chat, rstd))
+        ctx.save_for_backward(h0, c0, hs, cs, acts, rhat, chat, rstd, packed_backward, *gains)
+        return hs, cs[:, -1].clone()
+
+    @staticmethod
+    def backward(ctx, dhs, dc_last):
+        h0, c0, hs, cs, acts, rhat, chat, rstd, packed_backward, *gains = ctx.saved_tensors
+        batch, steps, hidden = hs.shape
+        dhs = torch.zeros_like(hs) if dhs is None else dhs.float().contiguous()
+        dc_last = torch.zeros_like(c0) if dc_last is None else dc_last.float().contiguous()
+        dg, dr = torch.empty_like(acts), torch.empty_like(acts)
+        d_gain, d_shift = hs.new_empty(5 * hidden), hs.new_empty(hidden)
+        dh0, dc0 = torch.empty_like(h0), torch.empty_like(c0)
+        saved = (acts, cs, c0, rhat, chat, rstd, dhs, dc_last)
+        tensors = (packed_backward, *gains, *saved, dg, dr, d_gain, d_shift, dh0, dc0)
+        _call(kernel().lnlstm_window_backward, steps, batch, hidden, tensors)
+        h_prev = torch.cat([h0.unsqueeze(1), hs[:, :-1]], dim=1)
+        d_weight_hh = dr.view(-1, 4 * hidden).t() @ h_prev.view(-1, hidden)
+        d_gain_hh, d_gain_c = d_gain.split([4 * hidden, hidden])
+        return dg, d_weight_hh, d_gain_hh, d_gain_c, d_shift, dh0, dc0
+
+
+def lnlstm(
+    rnn: LayerNormLSTM,
+    x: torch.Tensor,
+    state: tuple[torch.Tensor, torch.Tensor] | None,
+    ids: torch.Tensor | None = None,
+    embedding: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``rnn(x, state)`` on the kernel (``usable_layer_norm`` must hold), as ``lstm`` for
+    torch's LSTM: the first layer's input gates from a table of every token's where ``ids``
+    and ``embedding`` are given, dropout between layers from torch's global generator."""
+    batch = x.shape[0]
+    if state is None:
+        zeros = x.new_zeros(rnn.num_layers, batch, rnn.hidden_size, dtype=torch.float32)
+        state = (zeros, zeros)
+    out, last_h, last_c = x, [], []
+    with torch.autocast("cpu", enabled=False):
+        for k in range(rnn.num_layers):
+            if k and rnn.dropout and rnn.training:
+                out = F.dropout(out, rnn.dropout)
+            w_ih, w_hh, bias, gain_hh, gain_c, shift_c = rnn.layer(k)
+            if k == 0 and ids is not None and ids.numel() > embedding.shape[0]:
+                xg = F.embedding(ids, F.linear(embedding.float(), w_ih, bias))
+            else:
+                xg = F.linear(out.float(), w_ih, bias)
+            out, c_last = LayerNormRecurrence.apply(
+                xg, w_hh, gain_hh, gain_c, shift_c, state[0][k], state[1][k]
+            )
+            last_h.append(out[:, -1])
+            last_c.append(c_last)
     return out, (torch.stack(last_h), torch.stack(last_c))

@@ -32,7 +32,7 @@ from chargen.errors import CorpusError, UsageError
 from chargen.metrics import Score
 from chargen.model import window
 from chargen.model.device import pick_device, set_threads, use_bf16
-from chargen.model.rnn import RNNLanguageModel
+from chargen.model.rnn import LSTMS, RNNLanguageModel
 from chargen.runs import store
 from chargen.text import corpus as corpus_module
 from chargen.text.batches import Batches, Stream, piece_starts
@@ -246,9 +246,9 @@ def _width(
 ) -> ModelConfig:
     """A new run's widths where no option set them: the hidden size is ``default_width`` of
     the hardware and the cell; tied weights need one width for both, the one given if either
-    is."""
+    is. Both LSTMs, plain and layer-normalised, train on the compiled window where it builds."""
     cpu_float32 = device.type == "cpu" and not use_bf16(device, precision)
-    torch_float32 = cpu_float32 and not (config.cell == "lstm" and window.kernel() is not None)
+    torch_float32 = cpu_float32 and not (config.cell in LSTMS and window.kernel() is not None)
     width = default_width(torch_float32)
     if not config.tie_weights:
         return config if "hidden_size" in given else replace(config, hidden_size=width)
