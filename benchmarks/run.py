@@ -8,6 +8,7 @@ process slow down many times over):
     python benchmarks/run.py --only scale         # 1 GB generated corpus: tokenizing, memory
     python benchmarks/run.py --repeats 1 --train-time 60
     python benchmarks/run.py --only host          # is this machine steady enough? (20 s)
+    python benchmarks/run.py --only quality sampling --cell lnlstm
 
 Every figure is measured ``--repeats`` times (3 by default; quality with seeds 1337, 7 and 3) and
 reported as the median with the lowest and highest run, the median compared with its target.
@@ -51,8 +52,11 @@ def chargen(*args: str, env: dict | None = None, check: bool = True) -> subproce
 QUALITY_SEEDS = (1337, 7, 3)
 
 
-def bench_quality(corpus: Path, seconds: float, env: dict, seed: int = 1337) -> dict:
-    """Default settings, --time SECONDS, then `chargen eval` on the validation part."""
+def bench_quality(
+    corpus: Path, seconds: float, env: dict, seed: int = 1337, cell: str | None = None
+) -> dict:
+    """Default settings (or another ``cell``), --time SECONDS, then `chargen eval` on the
+    validation part."""
     text = corpus.read_text(encoding="utf-8")
     val = Path(env["CHARGEN_CHECKPOINTS"]) / "val.txt"
     val.write_text(text[int(len(text) * 0.9) :], encoding="utf-8")
@@ -69,6 +73,7 @@ def bench_quality(corpus: Path, seconds: float, env: dict, seed: int = 1337) -> 
         "--json",
         "--quiet",
         "--force",
+        *(("--cell", cell) if cell else ()),
         env=env,
     )
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -430,7 +435,7 @@ def measure(group: str, run: int, args, env: dict) -> dict:
     if group == "quality":
         seed = QUALITY_SEEDS[run % len(QUALITY_SEEDS)]
         print(f"quality: {args.train_time:.0f}s at seed {seed} ...", file=sys.stderr)
-        return bench_quality(args.corpus, args.train_time, env, seed)
+        return bench_quality(args.corpus, args.train_time, env, seed, args.cell)
     if group == "throughput":
         print("throughput: baseline loop and chargen ...", file=sys.stderr)
         return bench_throughput(args.corpus, args.throughput_time, env)
@@ -488,6 +493,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of every figure")
     parser.add_argument("--only", nargs="*", choices=GROUPS, default=list(DEFAULT_GROUPS))
     parser.add_argument("--scale-mb", type=int, default=1000, help="size of the scale corpus")
+    parser.add_argument("--cell", help="the trained models' cell (quality, sampling)")
     args = parser.parse_args()
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
@@ -497,7 +503,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         env = dict(os.environ, CHARGEN_CHECKPOINTS=scratch)
         if "quality" not in args.only and {"sampling", "startup"} & set(args.only):
-            bench_quality(args.corpus, 5, env)  # a model to sample from
+            bench_quality(args.corpus, 5, env, cell=args.cell)  # a model to sample from
         for run in range(args.repeats):
             for group in args.only:
                 if group != "scale" or run == 0:
@@ -515,6 +521,7 @@ def main() -> None:
         },
         "corpus": str(args.corpus),
         "repeats": args.repeats,
+        "cell": args.cell or "the default",
         "results": results,
     }
     (RESULTS / "latest.json").write_text(json.dumps(record, indent=2) + "\n")
