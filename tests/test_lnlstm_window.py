@@ -106,3 +106,12 @@ def test_only_float32_modules_of_a_width_of_16s(kernel):
         assert window.usable_layer_norm(LayerNormLSTM(4, 32), x)
         out, _ = window.lnlstm(LayerNormLSTM(4, 32), x, None)
         assert out.shape == (2, 3, 32)
+
+
+def test_a_second_backward_through_one_forward_is_refused(kernel):
+    # the backward writes the gradient at the recurrent sums over a saved tensor
+    module = LayerNormLSTM(4, 32)
+    out, _ = window.lnlstm(module, torch.randn(2, 3, 4), None)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once a forward"):
+        out.sum().backward()

@@ -41,7 +41,7 @@ struct job {
     /* the layer-normalised cell's: its parameters, what the forward keeps for the backward, the
      * blocks' statistics of a step, and the backward's gradients */
     const float *gain_hh, *gain_c, *shift_c;
-    float *rhat, *chat, *rstd, *gate_stats, *cell_stats, *dr, *dch, *dgain, *dshift;
+    float *rhat, *chat, *rstd, *gate_stats, *cell_stats, *drh, *dch, *dgain, *dshift;
     struct barrier barrier;
 };
 
@@ -242,7 +242,7 @@ static void backward_part(struct job *j, int first, int end)
  *   rhat  (B, T, 4H)  each gate's normalised recurrent sums
  *   chat  (B, T, H)   the normalised cell
  *   rstd  (B, T, 5)   1 / sqrt(variance + EPS) of each gate's sums, then of the cell
- *   dr    (B, T, 4H)  the gradient at the recurrent sums W_hh h, for W_hh's gradient
+ *   drh   (B, 4H)     a step's gradient at the normalised sums (the backward's scratch)
  *   dgain (5H)        gain_hh's gradient, then gain_c's; dshift (H) shift_c's */
 #define EPS 1e-5
 
@@ -254,49 +254,81 @@ static inline float sum8(__m256 v)
     return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
 }
 
-/* A block of 16 floats' sum and sum of squares about the block's mean. */
-static inline void block_moments(const float *x, float *out)
+/* A block's statistics go to a group of 2 * blocks floats, one group a row and gate: the first
+ * ``blocks`` floats hold each block's first figure, the next ``blocks`` its second. */
+
+/* Block ``p``'s 16 floats at ``x``: their sum and their sum of squares about their mean. */
+static inline void block_moments(const float *x, float *group, int p, int blocks)
 {
     __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
     const float sum = sum8(_mm256_add_ps(a, b));
     const __m256 mean = _mm256_set1_ps(sum / UNITS);
     a = _mm256_sub_ps(a, mean), b = _mm256_sub_ps(b, mean);
-    out[0] = sum;
-    out[1] = sum8(_mm256_fmadd_ps(a, a, _mm256_mul_ps(b, b)));
+    group[p] = sum;
+    group[blocks + p] = sum8(_mm256_fmadd_ps(a, a, _mm256_mul_ps(b, b)));
 }
 
-/* The mean and 1 / sqrt(variance + EPS) over ``blocks`` blocks' moments (pairs, in turn). */
-static inline void combine_moments(const float *moments, int blocks, float *mean, float *rstd)
+/* Block ``p``'s sums of the 16 floats at ``x`` and of their products with those at ``y``. */
+static inline void block_sums(const float *x, const float *y, float *group, int p, int blocks)
 {
-    double sum = 0, squares = 0;
-    for (int p = 0; p < blocks; p++)
-        sum += moments[2 * p];
+    __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
+    group[p] = sum8(_mm256_add_ps(a, b));
+    group[blocks + p] =
+        sum8(_mm256_fmadd_ps(a, _mm256_loadu_ps(y), _mm256_mul_ps(b, _mm256_loadu_ps(y + 8))));
+}
+
+/* Four double lanes added in one fixed order. */
+static inline double sum4d(__m256d v)
+{
+    __m128d x = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(x, _mm_unpackhi_pd(x, x)));
+}
+
+/* The mean and 1 / sqrt(variance + EPS) of a group of blocks' moments, in double precision:
+ * four blocks at a time in lanes, then any left one by one (the same order on every thread). */
+static inline void combine_moments(const float *group, int blocks, float *mean, float *rstd)
+{
+    const float *squares = group + blocks;
+    __m256d acc = _mm256_setzero_pd();
+    int p = 0;
+    for (; p + 4 <= blocks; p += 4)
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm_loadu_ps(group + p)));
+    double sum = sum4d(acc);
+    for (int q = p; q < blocks; q++)
+        sum += group[q];
     const double mu = sum / (blocks * UNITS);
-    for (int p = 0; p < blocks; p++) {
-        const double off = moments[2 * p] / UNITS - mu;
-        squares += moments[2 * p + 1] + UNITS * off * off;
+    const __m256d mu4 = _mm256_set1_pd(mu), per = _mm256_set1_pd(1.0 / UNITS);
+    const __m256d units = _mm256_set1_pd(UNITS);
+    acc = _mm256_setzero_pd();
+    for (p = 0; p + 4 <= blocks; p += 4) {
+        __m256d off = _mm256_fmsub_pd(_mm256_cvtps_pd(_mm_loadu_ps(group + p)), per, mu4);
+        acc = _mm256_add_pd(acc, _mm256_fmadd_pd(_mm256_mul_pd(units, off), off,
+                                                 _mm256_cvtps_pd(_mm_loadu_ps(squares + p))));
     }
+    double m2 = sum4d(acc);
+    for (int q = p; q < blocks; q++) {
+        const double off = group[q] * (1.0 / UNITS) - mu;
+        m2 += UNITS * off * off + squares[q];
+    }
+    const __m128d variance = _mm_set_sd(m2 / (blocks * UNITS) + EPS);
     *mean = (float)mu;
-    const __m128d variance = _mm_set_sd(squares / (blocks * UNITS) + EPS);
     *rstd = (float)(1.0 / _mm_cvtsd_f64(_mm_sqrt_sd(variance, variance)));
 }
 
-/* A block of 16 floats' sums of ``x`` and of ``x * y``. */
-static inline void block_sums(const float *x, const float *y, float *out)
+/* The means over all units of a group of blocks' sums (block_sums), in double precision. */
+static inline void combine_sums(const float *group, int blocks, float *mean_x, float *mean_xy)
 {
-    __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
-    out[0] = sum8(_mm256_add_ps(a, b));
-    out[1] = sum8(_mm256_fmadd_ps(a, _mm256_loadu_ps(y), _mm256_mul_ps(b, _mm256_loadu_ps(y + 8))));
-}
-
-/* The means over all units of ``blocks`` blocks' sums (pairs, in turn). */
-static inline void combine_sums(const float *sums, int blocks, float *mean_x, float *mean_xy)
-{
-    double x = 0, xy = 0;
-    for (int p = 0; p < blocks; p++)
-        x += sums[2 * p], xy += sums[2 * p + 1];
-    *mean_x = (float)(x / (blocks * UNITS));
-    *mean_xy = (float)(xy / (blocks * UNITS));
+    __m256d x = _mm256_setzero_pd(), xy = _mm256_setzero_pd();
+    int p = 0;
+    for (; p + 4 <= blocks; p += 4) {
+        x = _mm256_add_pd(x, _mm256_cvtps_pd(_mm_loadu_ps(group + p)));
+        xy = _mm256_add_pd(xy, _mm256_cvtps_pd(_mm_loadu_ps(group + blocks + p)));
+    }
+    double sx = sum4d(x), sxy = sum4d(xy);
+    for (; p < blocks; p++)
+        sx += group[p], sxy += group[blocks + p];
+    *mean_x = (float)(sx / (blocks * UNITS));
+    *mean_xy = (float)(sxy / (blocks * UNITS));
 }
 
 static void ln_forward_part(struct job *j, int first, int end)
@@ -329,7 +361,7 @@ static void ln_forward_part(struct job *j, int first, int end)
             for (int q = 0; q < 4; q++)
                 for (int p = first; p < end; p++)
                     block_moments(j->rhat + ((size_t)m * T + t) * G + q * H + p * UNITS,
-                                  j->gate_stats + (((size_t)m * 4 + q) * NB + p) * 2);
+                                  j->gate_stats + ((size_t)m * 4 + q) * NB * 2, p, NB);
         barrier_wait(&j->barrier);
         /* the gates from the normalised sums, the cell, and the cell's blocks' moments */
         for (int m = 0; m < B; m++) {
@@ -363,7 +395,7 @@ static void ln_forward_part(struct job *j, int first, int end)
                 _mm256_storeu_ps(j->cs + at * H + u, c);
             }
             for (int p = first; p < end; p++)
-                block_moments(j->cs + at * H + p * UNITS, j->cell_stats + ((size_t)m * NB + p) * 2);
+                block_moments(j->cs + at * H + p * UNITS, j->cell_stats + (size_t)m * NB * 2, p, NB);
         }
         barrier_wait(&j->barrier);
         /* the hidden state from the normalised cell */
@@ -413,7 +445,7 @@ static void ln_backward_part(struct job *j, int first, int end)
             }
             for (int p = first; p < end; p++)
                 block_sums(j->dch + (size_t)m * H + p * UNITS, j->chat + at * H + p * UNITS,
-                           j->cell_stats + ((size_t)m * NB + p) * 2);
+                           j->cell_stats + (size_t)m * NB * 2, p, NB);
         }
         barrier_wait(&j->barrier);
         /* the cell's gradient, the other gates', and the blocks' sums for the recurrent sums' */
@@ -446,17 +478,18 @@ static void ln_backward_part(struct job *j, int first, int end)
                     __m256 rh = _mm256_loadu_ps(j->rhat + at * G + q * H + u);
                     float *dgain = j->dgain + q * H + u;
                     _mm256_storeu_ps(dgain, _mm256_fmadd_ps(dq, rh, _mm256_loadu_ps(dgain)));
-                    _mm256_storeu_ps(j->dr + at * G + q * H + u,
+                    _mm256_storeu_ps(j->drh + (size_t)m * G + q * H + u,
                                      _mm256_mul_ps(dq, _mm256_loadu_ps(j->gain_hh + q * H + u)));
                 }
             }
             for (int q = 0; q < 4; q++)
                 for (int p = first; p < end; p++)
-                    block_sums(j->dr + at * G + q * H + p * UNITS, j->rhat + at * G + q * H + p * UNITS,
-                               j->gate_stats + (((size_t)m * 4 + q) * NB + p) * 2);
+                    block_sums(j->drh + (size_t)m * G + q * H + p * UNITS,
+                               j->rhat + at * G + q * H + p * UNITS,
+                               j->gate_stats + ((size_t)m * 4 + q) * NB * 2, p, NB);
         }
         barrier_wait(&j->barrier);
-        /* the recurrent sums' gradient */
+        /* the recurrent sums' gradient, over their normalised values (no longer needed) */
         for (int m = 0; m < B; m++) {
             const size_t at = (size_t)m * T + t;
             for (int q = 0; q < 4; q++) {
@@ -465,9 +498,9 @@ static void ln_backward_part(struct job *j, int first, int end)
                 const __m256 a = _mm256_set1_ps(mean_d), b = _mm256_set1_ps(mean_dx);
                 const __m256 rstd = _mm256_set1_ps(j->rstd[at * 5 + q]);
                 for (int u = first * UNITS; u < end * UNITS; u += 8) {
-                    float *dr = j->dr + at * G + q * H + u;
-                    __m256 rh = _mm256_loadu_ps(j->rhat + at * G + q * H + u);
-                    __m256 x = _mm256_fnmadd_ps(rh, b, _mm256_sub_ps(_mm256_loadu_ps(dr), a));
+                    float *dr = j->rhat + at * G + q * H + u;
+                    __m256 drh = _mm256_loadu_ps(j->drh + (size_t)m * G + q * H + u);
+                    __m256 x = _mm256_fnmadd_ps(_mm256_loadu_ps(dr), b, _mm256_sub_ps(drh, a));
                     _mm256_storeu_ps(dr, _mm256_mul_ps(rstd, x));
                 }
             }
@@ -481,7 +514,7 @@ static void ln_backward_part(struct job *j, int first, int end)
                 const float *a[ROWS];
                 __m256 acc[ROWS][2];
                 for (int r = 0; r < R; r++) {
-                    a[r] = j->dr + ((size_t)(m0 + r) * T + t) * G;
+                    a[r] = j->rhat + ((size_t)(m0 + r) * T + t) * G;
                     acc[r][0] = acc[r][1] = _mm256_setzero_ps();
                 }
                 panel_rows(R, G, a, w, acc);
@@ -562,25 +595,27 @@ int lnlstm_window_forward(int T, int B, int H, int threads, const float *w, floa
     return j.barrier.threads < 0 ? -1 : 0;
 }
 
-/* The layer-normalised backward: ``dg`` the gradient of ``xg``, ``dr`` that of the recurrent
- * sums W_hh h (B, T, 4H), ``dgain`` that of gain_hh and then gain_c (5H), ``dshift`` that of
- * shift_c (H), and the first states' ``dh0``, ``dc0``. Returns as the forward. */
+/* The layer-normalised backward: ``dg`` the gradient of ``xg``, ``dgain`` that of gain_hh and
+ * then gain_c (5H), ``dshift`` that of shift_c (H), and the first states' ``dh0``, ``dc0``;
+ * the gradient of the recurrent sums W_hh h (B, T, 4H), for W_hh's, is written over ``rhat``.
+ * Returns as the forward. */
 int lnlstm_window_backward(int T, int B, int H, int threads, const float *wb, const float *gain_hh,
                            const float *gain_c, const float *shift_c, const float *acts,
-                           const float *cs, const float *c0, const float *rhat, const float *chat,
+                           const float *cs, const float *c0, float *rhat, const float *chat,
                            const float *rstd, const float *dhs, const float *dc_last, float *dg,
-                           float *dr, float *dgain, float *dshift, float *dh0, float *dc0)
+                           float *dgain, float *dshift, float *dh0, float *dc0)
 {
     const size_t stats_size = (size_t)B * 5 * (H / UNITS) * 2;
-    float *scratch = malloc((stats_size + (size_t)B * H) * sizeof(float));
+    float *scratch = malloc((stats_size + (size_t)B * H + (size_t)B * 4 * H) * sizeof(float));
     if (!scratch)
         return -2;
     struct job j = {.T = T, .B = B, .H = H, .wb = (float *)wb, .acts = (float *)acts,
                     .cs = (float *)cs, .c0 = c0, .dhs = dhs, .dg = dg, .dh_rec = dh0,
                     .dc_next = dc0, .gain_hh = gain_hh, .gain_c = gain_c, .shift_c = shift_c,
-                    .rhat = (float *)rhat, .chat = (float *)chat, .rstd = (float *)rstd,
+                    .rhat = rhat, .chat = (float *)chat, .rstd = (float *)rstd,
                     .gate_stats = scratch, .cell_stats = scratch + (size_t)B * 4 * (H / UNITS) * 2,
-                    .dch = scratch + stats_size, .dr = dr, .dgain = dgain, .dshift = dshift};
+                    .dch = scratch + stats_size, .drh = scratch + stats_size + (size_t)B * H,
+                    .dgain = dgain, .dshift = dshift};
     memset(dh0, 0, (size_t)B * H * sizeof(float));
     memcpy(dc0, dc_last, (size_t)B * H * sizeof(float));
     memset(dgain, 0, (size_t)5 * H * sizeof(float));

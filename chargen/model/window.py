@@ -41,7 +41,7 @@ def kernel() -> ctypes.CDLL | None:
         lib.lstm_window_forward.argtypes = [size] * 4 + [pointer] * 9
         lib.lstm_window_backward.argtypes = [size] * 4 + [pointer] * 9
         lib.lnlstm_window_forward.argtypes = [size] * 4 + [pointer] * 15
-        lib.lnlstm_window_backward.argtypes = [size] * 4 + [pointer] * 18
+        lib.lnlstm_window_backward.argtypes = [size] * 4 + [pointer] * 17
         for function in ("lstm", "lnlstm"):
             for part in ("forward", "backward"):
                 getattr(lib, f"{function}_window_{part}").restype = ctypes.c_int
@@ -187,20 +187,25 @@ class LayerNormRecurrence(torch.autograd.Function):
         tensors = (weight, packed_forward, packed_backward, xg, *gains, h0, c0, hs, cs, acts)
         _call(kernel().lnlstm_window_forward, steps, batch, hidden, (*tensors, rhat, chat, rstd))
         ctx.save_for_backward(h0, c0, hs, cs, acts, rhat, chat, rstd, packed_backward, *gains)
+        ctx.spent = False
         return hs, cs[:, -1].clone()
 
     @staticmethod
     def backward(ctx, dhs, dc_last):
+        if ctx.spent:  # the kernel wrote over a saved tensor: there is no second time
+            raise RuntimeError("the layer-normalised window's backward runs once a forward")
+        ctx.spent = True
         h0, c0, hs, cs, acts, rhat, chat, rstd, packed_backward, *gains = ctx.saved_tensors
         batch, steps, hidden = hs.shape
         dhs = torch.zeros_like(hs) if dhs is None else dhs.float().contiguous()
         dc_last = torch.zeros_like(c0) if dc_last is None else dc_last.float().contiguous()
-        dg, dr = torch.empty_like(acts), torch.empty_like(acts)
+        dg = torch.empty_like(acts)
         d_gain, d_shift = hs.new_empty(5 * hidden), hs.new_empty(hidden)
         dh0, dc0 = torch.empty_like(h0), torch.empty_like(c0)
         saved = (acts, cs, c0, rhat, chat, rstd, dhs, dc_last)
-        tensors = (packed_backward, *gains, *saved, dg, dr, d_gain, d_shift, dh0, dc0)
+        tensors = (packed_backward, *gains, *saved, dg, d_gain, d_shift, dh0, dc0)
         _call(kernel().lnlstm_window_backward, steps, batch, hidden, tensors)
+        dr = rhat  # the gradient at the recurrent sums, written over their normalised values
         h_prev = torch.cat([h0.unsqueeze(1), hs[:, :-1]], dim=1)
         d_weight_hh = dr.view(-1, 4 * hidden).t() @ h_prev.view(-1, hidden)
         d_gain_hh, d_gain_c = d_gain.split([4 * hidden, hidden])
