@@ -195,6 +195,30 @@ def test_a_saved_lnlstm_loads_with_identical_logits_and_no_pickle(tmp_path, monk
 # ------------------------------------------------------------------------------ training
 
 
+@pytest.mark.parametrize("cell", ["lnlstm", "lstm"])
+def test_weight_decay_spares_only_the_layer_normalised_lstms_vectors(cell):
+    """With no gradient, an AdamW step is its weight decay alone: it shrinks every decayed
+    parameter and leaves the undecayed ones (lnlstm's gains, shift and biases) as they were."""
+    tokenizer = tokenizer_for(VERSE, "char")
+    config = ModelConfig(
+        cell=cell, vocab_size=tokenizer.vocab_size, embedding_dim=8, hidden_size=16
+    )
+    train = TrainConfig(batch_size=2, seq_len=8, weight_decay=0.5, precision="fp32")
+    model = RNNLanguageModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+    trainer = Trainer(
+        model, Batches(tokenizer.encode(VERSE), 2, 8, 0), None, train, torch.device("cpu")
+    )
+    for p in trainer.params:
+        p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    for name, p in model.named_parameters():
+        spared = cell == "lnlstm" and p.dim() == 1
+        assert torch.all(p == 1.0) if spared else torch.all(p < 1.0), name
+
+
 def test_training_an_lnlstm_lowers_its_loss(corpus):
     losses = []
     summary = chargen.train(
@@ -244,6 +268,29 @@ def test_a_new_lnlstm_run_takes_the_width_of_an_lstm(corpus, monkeypatch, compil
         assert session.trainer.model.config.hidden_size == expected
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("compiled_window", [False, True])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_new_run_without_a_cell_takes_lnlstm_where_the_window_trains_float32(
+    corpus, monkeypatch, compiled_window, precision
+):
+    monkeypatch.setattr("chargen.model.device.cpu_has_bf16", lambda: precision == "bf16")
+    if not compiled_window:
+        monkeypatch.setattr(window, "kernel", lambda: None)
+    elif window.kernel() is None:
+        pytest.skip("the compiled LSTM window cannot be built here")
+    options = dict(TINY, precision=precision)
+    for name, cell, expected in [
+        ("chosen", None, "lnlstm" if compiled_window and precision == "fp32" else "lstm"),
+        ("given", "lstm", "lstm"),
+    ]:
+        given = {} if cell is None else {"cell": cell}
+        session = chargen.start(corpus, name=name, device="cpu", **options, **given)
+        try:
+            assert session.trainer.model.config.cell == expected, name
+        finally:
+            session.close()
 
 
 # ------------------------------------------------------------------------------ command line

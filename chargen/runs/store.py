@@ -544,10 +544,8 @@ def restore_trainer(run: Run, trainer: Trainer) -> None:
     _load_weights(trainer.model, tensors)
     # Hyperparameters come from the run's config; how the update is computed (fused or not)
     # belongs to this machine: the saved file contributes the moments alone.
-    groups = [
-        dict(group, params=list(range(len(trainer.params))))
-        for group in trainer.optimizer.state_dict()["param_groups"]
-    ]
+    # (each group numbers its parameters in ``trainer.params``' order, as the saved moments are)
+    groups = trainer.optimizer.state_dict()["param_groups"]
     trainer.optimizer.load_state_dict({"state": optimizer, "param_groups": groups})
     trainer.load_hidden(hidden)
     torch.set_rng_state(rng)

@@ -94,16 +94,22 @@ def _clip_gradients(grads: list[torch.Tensor], limit: float) -> float:
     return norm
 
 
-def _adamw(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
+def _adamw(
+    decayed: list[torch.nn.Parameter], undecayed: list[torch.nn.Parameter], config: TrainConfig
+) -> torch.optim.AdamW:
     """AdamW, in torch's fused kernel where the device has one: on one CPU thread it takes about
-    a quarter of the multi-tensor version's time (docs/experiments.md)."""
+    a quarter of the multi-tensor version's time (docs/experiments.md). The ``undecayed``
+    parameters get a group of their own without weight decay; with none, there is one group."""
     options = dict(
         lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
     )
+    groups = [{"params": decayed}]
+    if undecayed:
+        groups.append({"params": undecayed, "weight_decay": 0.0})
     try:
-        return torch.optim.AdamW(params, fused=True, **options)
+        return torch.optim.AdamW(groups, fused=True, **options)
     except RuntimeError:  # no fused kernel for this device
-        return torch.optim.AdamW(params, **options)
+        return torch.optim.AdamW(groups, **options)
 
 
 class _Gradients(NamedTuple):
@@ -134,14 +140,17 @@ class Trainer:
         self.config = config
         self.device = device
         self.bf16 = bf16
-        self.params = list(model.parameters())
+        undecayed = {id(p) for p in model.undecayed_parameters()}
+        decayed = [p for p in model.parameters() if id(p) not in undecayed]
+        kept = [p for p in model.parameters() if id(p) in undecayed]
+        self.params = decayed + kept  # in the optimizer's order, which numbers its saved moments
         global_random = model.draws_from_global_random
         self.workers = workers or plan_workers(device, batches.batch_size, global_random)
         if self.workers.count > 1 and global_random:
             # Dropout between stacked layers comes from torch's one generator: threads would
             # draw from it in an order that changes from run to run.
             raise ValueError("a model with dropout between layers trains on one worker thread")
-        self.optimizer = _adamw(self.params, config)
+        self.optimizer = _adamw(decayed, kept, config)
         self.state = TrainState()
         self.step_seconds = 0.0  # wall time inside train_step, this session: no evaluation
         self.hidden: Hidden = model.init_hidden(batches.batch_size)
