@@ -12,7 +12,9 @@ quarter of the compiled LSTM's speed or less: the figure to compare is nats/char
     python benchmarks/cells.py --steps 200 --seeds 1  # a quick look
 
 Cells (one layer, ``--hidden`` units):
-  lstm          the default, torch's LSTM (the compiled window where it runs)
+  lstm          torch's LSTM (the compiled window where it runs)
+  lnlstm        chargen's ``--cell lnlstm`` (compiled; its gains, shift and biases not decayed):
+                the default where training runs in float32 on the compiled window
   ln            layer-normalised LSTM (Ba, Kiros and Hinton 2016): each gate's W_hh h
                 normalised over all units with a learned gain, and the cell normalised with a
                 gain and shift before its tanh
@@ -22,7 +24,7 @@ Cells (one layer, ``--hidden`` units):
   ln-input      the state normalised (with a gain) before W_hh instead of the sums after it:
                 each thread of a kernel reads the whole state anyway, so it needs no exchange
 
-Results: benchmarks/RESULTS.md and docs/experiments.md (2026-12-07, night).
+Results: benchmarks/RESULTS.md and docs/experiments.md (2026-12-07, night and last).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ LAYER_NORM_OPTIONS = {  # each candidate's LayerNormLSTM arguments
     "ln-groups": {"group": GROUP},
     "ln-input": {"state_norm": True, "cell_norm": False},
 }
-CELLS = ("lstm", *LAYER_NORM_OPTIONS)
+CELLS = ("lstm", "lnlstm", *LAYER_NORM_OPTIONS)
 
 
 class LayerNormLSTM(nn.Module):
@@ -145,6 +147,7 @@ def main() -> None:
                 summary = chargen.train(
                     args.corpus,
                     name="cells",
+                    cell="lnlstm" if name == "lnlstm" else "lstm",  # the others replace an LSTM
                     checkpoint_dir=folder,
                     max_steps=args.steps,
                     seed=seed,

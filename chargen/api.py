@@ -470,7 +470,14 @@ def start(
         if not sources:
             raise UsageError("missing CORPUS (or --name NAME --resume to continue a run)")
         name = session.default_run_name(sources[0])
-    chosen_when_missing = ("dropout", "hidden", "hidden_size", "embedding", "embedding_dim")
+    chosen_when_missing = (
+        "cell",
+        "dropout",
+        "hidden",
+        "hidden_size",
+        "embedding",
+        "embedding_dim",
+    )
     for chosen in chosen_when_missing:  # None: chosen as when not given
         if chosen in options and options[chosen] is None:
             del options[chosen]

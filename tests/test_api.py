@@ -21,6 +21,7 @@ from chargen.config import (
     SMALL_CORPUS_DROPOUT,
     WIDTH,
     corpus_dropout,
+    default_cell,
 )
 from chargen.model import window
 from tests.abc_fixtures import train_tiny_abc
@@ -98,7 +99,8 @@ def test_should_stop_leaves_a_run_that_resumes(corpus):
 
 def test_start_gives_a_session_to_look_at_before_running(corpus):
     session = chargen.start(corpus, name="looked", **TINY)
-    assert session.describe().startswith("Training looked: lstm 1x24")
+    cell = default_cell(window.kernel() is not None)  # TINY trains in float32 on the CPU
+    assert session.describe().startswith(f"Training looked: {cell} 1x24")
     assert session.warnings == []
     assert session.run_loop().steps == 20
 

@@ -24,6 +24,7 @@ from chargen.config import (
     ModelConfig,
     TrainConfig,
     corpus_dropout,
+    default_cell,
     default_width,
     option_name,
     to_dict,
@@ -211,6 +212,7 @@ def start_training(
     train_config.validate()
     if run is None:  # before the corpus is read, so a bad combination fails at once
         device = pick_device(train_config.device)
+        model_config = _cell(model_config, given or {}, device, train_config.precision)
         model_config = _width(model_config, given or {}, device, train_config.precision)
     model_config.validate()
 
@@ -239,6 +241,16 @@ def start_training(
     except BaseException:
         trainer.close()  # its worker threads; a session closes them after training
         raise
+
+
+def _cell(
+    config: ModelConfig, given: dict[str, Any], device: torch.device, precision: str
+) -> ModelConfig:
+    """A new run's cell where no option set it: ``default_cell`` of the hardware."""
+    if "cell" in given:
+        return config
+    cpu_float32 = device.type == "cpu" and not use_bf16(device, precision)
+    return replace(config, cell=default_cell(cpu_float32 and window.kernel() is not None))
 
 
 def _width(
