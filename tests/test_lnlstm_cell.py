@@ -281,12 +281,13 @@ def test_a_new_run_without_a_cell_takes_lnlstm_where_the_window_trains_float32(
     elif window.kernel() is None:
         pytest.skip("the compiled LSTM window cannot be built here")
     options = dict(TINY, precision=precision)
-    for name, cell, expected in [
-        ("chosen", None, "lnlstm" if compiled_window and precision == "fp32" else "lstm"),
-        ("given", "lstm", "lstm"),
+    compiled = compiled_window and precision == "fp32"
+    for name, given, expected in [
+        ("chosen", {}, "lnlstm" if compiled else "lstm"),
+        ("given", {"cell": "lstm"}, "lstm"),
+        ("narrow", {"hidden": 24}, "lstm"),  # the window takes widths of 16s: torch's LSTM
     ]:
-        given = {} if cell is None else {"cell": cell}
-        session = chargen.start(corpus, name=name, device="cpu", **options, **given)
+        session = chargen.start(corpus, name=name, device="cpu", **{**options, **given})
         try:
             assert session.trainer.model.config.cell == expected, name
         finally:

@@ -103,7 +103,7 @@ class CompiledStepper:
             self.w_hh = [pack(w["weight_hh"].t() * doubled) for w in weights]
             self.w_ih = [None] + [pack(w["weight_ih"].t() * doubled) for w in weights[1:]]
             if self.normalised:
-                self.norms = [tuple(w[name].contiguous() for name in own) for w in weights]
+                self.norms = [tuple(w[name].clone() for name in own) for w in weights]
             self.bias = [None] + [b.contiguous() for b in bias[1:]]
             head = model.head
             self.vocab_size = head.weight.shape[0]
@@ -168,7 +168,7 @@ class CompiledStepper:
             return self.lib.lstm_step(*arguments)
         size = rows * (8 * width + 5 * width // 4)
         if self._scratch.numel() < size:
-            self._scratch = torch.empty(size)
+            self._scratch = torch.empty(size, dtype=torch.float32)
         return self.lib.lnlstm_step(*arguments, self._scratch.data_ptr())
 
 

@@ -336,9 +336,11 @@ int lnlstm_step(int rows, int H, int K_in, int V_pad, int threads, const float *
                 const int unit = b * BLOCK;
                 __m256 pre[4];
                 for (int g = 0; g < 4; g++) {
-                    __m256 x = _mm256_sub_ps(_mm256_loadu_ps(sums + (size_t)r * 4 * H + g * H + unit), mean[g]);
+                    __m256 centred = _mm256_sub_ps(
+                        _mm256_loadu_ps(sums + (size_t)r * 4 * H + g * H + unit), mean[g]);
                     pre[g] = _mm256_fmadd_ps(_mm256_loadu_ps(gain_hh + g * H + unit),
-                                             _mm256_mul_ps(x, rstd[g]), _mm256_loadu_ps(in + g * H + unit));
+                                             _mm256_mul_ps(centred, rstd[g]),
+                                             _mm256_loadu_ps(in + g * H + unit));
                 }
                 __m256 i = sigmoid8(pre[0]), f = sigmoid8(pre[1]), g = tanh8(pre[2]);
                 const size_t at = (size_t)r * H + unit;
@@ -355,8 +357,8 @@ int lnlstm_step(int rows, int H, int K_in, int V_pad, int threads, const float *
             normaliser(cell_stats + (size_t)r * blocks * 2, blocks, &mean, &rstd);
             for (int b = first; b < last; b++) {
                 const size_t at = (size_t)r * H + b * BLOCK;
-                __m256 x = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(c_out + at), mean), rstd);
-                __m256 shown = _mm256_fmadd_ps(_mm256_loadu_ps(gain_c + b * BLOCK), x,
+                __m256 cn = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(c_out + at), mean), rstd);
+                __m256 shown = _mm256_fmadd_ps(_mm256_loadu_ps(gain_c + b * BLOCK), cn,
                                                _mm256_loadu_ps(shift_c + b * BLOCK));
                 _mm256_storeu_ps(h_out + at, _mm256_mul_ps(_mm256_loadu_ps(h_out + at), tanh8(shown)));
             }

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from chargen.model import native
 from chargen.model.lnlstm import LayerNormLSTM
@@ -191,6 +192,7 @@ class LayerNormRecurrence(torch.autograd.Function):
         return hs, cs[:, -1].clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dhs, dc_last):
         if ctx.spent:  # the kernel wrote over a saved tensor: there is no second time
             raise RuntimeError("the layer-normalised window's backward runs once a forward")

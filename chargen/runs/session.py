@@ -246,11 +246,20 @@ def start_training(
 def _cell(
     config: ModelConfig, given: dict[str, Any], device: torch.device, precision: str
 ) -> ModelConfig:
-    """A new run's cell where no option set it: ``default_cell`` of the hardware."""
+    """A new run's cell where no option set it: ``default_cell`` of the hardware, and the LSTM
+    where the width asked for is one the compiled window cannot take (torch's fused LSTM is
+    far faster there than the normalised cell's loop)."""
     if "cell" in given:
         return config
     cpu_float32 = device.type == "cpu" and not use_bf16(device, precision)
-    return replace(config, cell=default_cell(cpu_float32 and window.kernel() is not None))
+    compiled = cpu_float32 and window.kernel() is not None
+    if "hidden_size" in given:
+        width = config.hidden_size
+    elif config.tie_weights and "embedding_dim" in given:
+        width = config.embedding_dim
+    else:
+        width = default_width(not compiled)
+    return replace(config, cell=default_cell(compiled and width % window.UNITS == 0))
 
 
 def _width(
