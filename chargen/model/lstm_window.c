@@ -176,6 +176,31 @@ static void forward_part(struct job *j, int first, int end)
     }
 }
 
+/* dh at step t - 1 for this thread's units, into ``dh_rec``: step t's gradients at the
+ * recurrent sums (``grad``, B x T x 4H) times W_hh, through the backward panels. */
+static void recurrent_gradient(struct job *j, int first, int end, int t, const float *grad)
+{
+    const int T = j->T, B = j->B, H = j->H, G = 4 * H;
+    for (int p = first; p < end; p++) {
+        const float *w = j->wb + (size_t)p * G * 16;
+        for (int m0 = 0; m0 < B; m0 += ROWS) {
+            const int R = min_int(ROWS, B - m0);
+            const float *a[ROWS];
+            __m256 acc[ROWS][2];
+            for (int r = 0; r < R; r++) {
+                a[r] = grad + ((size_t)(m0 + r) * T + t) * G;
+                acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+            }
+            panel_rows(R, G, a, w, acc);
+            for (int r = 0; r < R; r++) {
+                float *to = j->dh_rec + (size_t)(m0 + r) * H + p * UNITS;
+                _mm256_storeu_ps(to, acc[r][0]);
+                _mm256_storeu_ps(to + 8, acc[r][1]);
+            }
+        }
+    }
+}
+
 static void backward_part(struct job *j, int first, int end)
 {
     const int T = j->T, B = j->B, H = j->H, G = 4 * H;
@@ -206,25 +231,7 @@ static void backward_part(struct job *j, int first, int end)
             }
         }
         barrier_wait(&j->barrier);
-        /* dh at step t - 1 for this thread's units: all of step t's gate gradients times W_hh */
-        for (int p = first; p < end; p++) {
-            const float *w = j->wb + (size_t)p * G * 16;
-            for (int m0 = 0; m0 < B; m0 += ROWS) {
-                const int R = min_int(ROWS, B - m0);
-                const float *a[ROWS];
-                __m256 acc[ROWS][2];
-                for (int r = 0; r < R; r++) {
-                    a[r] = j->dg + ((size_t)(m0 + r) * T + t) * G;
-                    acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-                }
-                panel_rows(R, G, a, w, acc);
-                for (int r = 0; r < R; r++) {
-                    float *to = j->dh_rec + (size_t)(m0 + r) * H + p * UNITS;
-                    _mm256_storeu_ps(to, acc[r][0]);
-                    _mm256_storeu_ps(to + 8, acc[r][1]);
-                }
-            }
-        }
+        recurrent_gradient(j, first, end, t, j->dg);
     }
 }
 
@@ -506,25 +513,7 @@ static void ln_backward_part(struct job *j, int first, int end)
             }
         }
         barrier_wait(&j->barrier);
-        /* dh at step t - 1 for this thread's units: all of step t's dr times W_hh */
-        for (int p = first; p < end; p++) {
-            const float *w = j->wb + (size_t)p * G * 16;
-            for (int m0 = 0; m0 < B; m0 += ROWS) {
-                const int R = min_int(ROWS, B - m0);
-                const float *a[ROWS];
-                __m256 acc[ROWS][2];
-                for (int r = 0; r < R; r++) {
-                    a[r] = j->rhat + ((size_t)(m0 + r) * T + t) * G;
-                    acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-                }
-                panel_rows(R, G, a, w, acc);
-                for (int r = 0; r < R; r++) {
-                    float *to = j->dh_rec + (size_t)(m0 + r) * H + p * UNITS;
-                    _mm256_storeu_ps(to, acc[r][0]);
-                    _mm256_storeu_ps(to + 8, acc[r][1]);
-                }
-            }
-        }
+        recurrent_gradient(j, first, end, t, j->rhat); /* over rhat: dr */
     }
 }
 
