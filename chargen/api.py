@@ -430,9 +430,7 @@ def train(
     Without a limit (``max_steps``, ``epochs`` or ``time``) training runs 10 epochs. Without
     ``dropout`` (or with None) a new run takes it from its corpus's size, as ``--dropout`` does;
     without ``hidden``, 512 units, or 448 where a CPU trains in float32 on torch's recurrence
-    (``default_width``); without ``cell``, the layer-normalised LSTM where a CPU trains in
-    float32 on the compiled window, else the LSTM (``default_cell``); with ``tie_weights``,
-    ``hidden`` and ``embedding`` are one width.
+    (``default_width``); with ``tie_weights``, ``hidden`` and ``embedding`` are one width.
     ``on_step(trainer)`` and ``on_eval(trainer, score)`` report progress; ``should_stop()`` is
     asked between steps and ends the run with a resumable checkpoint.
     """
@@ -472,7 +470,6 @@ def start(
             raise UsageError("missing CORPUS (or --name NAME --resume to continue a run)")
         name = session.default_run_name(sources[0])
     chosen_when_missing = (
-        "cell",
         "dropout",
         "hidden",
         "hidden_size",

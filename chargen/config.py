@@ -126,20 +126,9 @@ def default_width(torch_float32: bool) -> int:
     return FLOAT32_WIDTH if torch_float32 else WIDTH
 
 
-def default_cell(compiled_float32: bool) -> str:
-    """The cell a new run takes when --cell is not given: the LSTM (it learns long dependencies
-    the plain RNN's vanishing gradients lose), or its layer-normalised form where training runs
-    the compiled float32 window (an x86 CPU with AVX2 and no bf16 products, or --precision
-    fp32). There the normalised cell steps about 10% slower and learns enough more a step to
-    win in two minutes: 1.4404 against 1.4578 nats/char on tinyshakespeare, medians of seeds
-    1337, 7 and 3 on an AVX2-only EPYC (docs/experiments.md). Elsewhere the LSTM trains on
-    faster paths (bf16 kernels, cuDNN) that the normalised cell does not have."""
-    return "lnlstm" if compiled_float32 else "lstm"
-
-
 @dataclass
 class ModelConfig:
-    cell: str = "lstm"  # a new run without --cell takes default_cell(its hardware)
+    cell: str = "lstm"  # LSTM learns long dependencies the plain RNN's vanishing gradients lose
     vocab_size: int = 0  # filled in from the tokenizer
     embedding_dim: int = 64  # a character needs far fewer dimensions than the hidden state
     hidden_size: int = WIDTH  # a new run without --hidden takes default_width(its hardware)

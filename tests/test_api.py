@@ -98,7 +98,6 @@ def test_should_stop_leaves_a_run_that_resumes(corpus):
 
 def test_start_gives_a_session_to_look_at_before_running(corpus):
     session = chargen.start(corpus, name="looked", **TINY)
-    # an LSTM: 24 units is a width the layer-normalised cell's compiled window cannot take
     assert session.describe().startswith("Training looked: lstm 1x24")
     assert session.warnings == []
     assert session.run_loop().steps == 20

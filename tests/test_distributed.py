@@ -78,9 +78,9 @@ def test_two_processes_train_tunes_like_one_though_their_padding_differs(tmp_pat
     corpus = tmp_path / "tunes.abc"
     corpus.write_text(corpus_of(GOOD, 60), encoding="utf-8")
     root = tmp_path / "checkpoints"
-    # The plain LSTM: the layer-normalised one (the default on float32 CPUs) magnifies the
-    # rounding of products that differ with the rows each process holds (0.004 nats at width
-    # 24 in torch's loop, 7e-5 at 32 on the kernel), past what this test can tell apart.
+    # The plain LSTM: the layer-normalised one magnifies the rounding of products that
+    # differ with the rows each process holds (0.004 nats at width 24 in torch's loop, 7e-5 at
+    # 32 on the kernel), past what this test can tell apart.
     lstm = ("--level", "abc", "--max-steps", "20", "--cell", "lstm")
     one = train(corpus, root, "one", *lstm)
     two = train(corpus, root, "two", *lstm, processes=2)

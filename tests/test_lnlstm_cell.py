@@ -270,30 +270,6 @@ def test_a_new_lnlstm_run_takes_the_width_of_an_lstm(corpus, monkeypatch, compil
         session.close()
 
 
-@pytest.mark.parametrize("compiled_window", [False, True])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_new_run_without_a_cell_takes_lnlstm_where_the_window_trains_float32(
-    corpus, monkeypatch, compiled_window, precision
-):
-    monkeypatch.setattr("chargen.model.device.cpu_has_bf16", lambda: precision == "bf16")
-    if not compiled_window:
-        monkeypatch.setattr(window, "kernel", lambda: None)
-    elif window.kernel() is None:
-        pytest.skip("the compiled LSTM window cannot be built here")
-    options = dict(TINY, precision=precision)
-    compiled = compiled_window and precision == "fp32"
-    for name, given, expected in [
-        ("chosen", {}, "lnlstm" if compiled else "lstm"),
-        ("given", {"cell": "lstm"}, "lstm"),
-        ("narrow", {"hidden": 24}, "lstm"),  # the window takes widths of 16s: torch's LSTM
-    ]:
-        session = chargen.start(corpus, name=name, device="cpu", **{**options, **given})
-        try:
-            assert session.trainer.model.config.cell == expected, name
-        finally:
-            session.close()
-
-
 # ------------------------------------------------------------------------------ command line
 
 

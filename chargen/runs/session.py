@@ -24,7 +24,6 @@ from chargen.config import (
     ModelConfig,
     TrainConfig,
     corpus_dropout,
-    default_cell,
     default_width,
     option_name,
     to_dict,
@@ -212,7 +211,6 @@ def start_training(
     train_config.validate()
     if run is None:  # before the corpus is read, so a bad combination fails at once
         device = pick_device(train_config.device)
-        model_config = _cell(model_config, given or {}, device, train_config.precision)
         model_config = _width(model_config, given or {}, device, train_config.precision)
     model_config.validate()
 
@@ -241,25 +239,6 @@ def start_training(
     except BaseException:
         trainer.close()  # its worker threads; a session closes them after training
         raise
-
-
-def _cell(
-    config: ModelConfig, given: dict[str, Any], device: torch.device, precision: str
-) -> ModelConfig:
-    """A new run's cell where no option set it: ``default_cell`` of the hardware, and the LSTM
-    where the width asked for is one the compiled window cannot take (torch's fused LSTM is
-    far faster there than the normalised cell's loop)."""
-    if "cell" in given:
-        return config
-    cpu_float32 = device.type == "cpu" and not use_bf16(device, precision)
-    compiled = cpu_float32 and window.kernel() is not None
-    if "hidden_size" in given:
-        width = config.hidden_size
-    elif config.tie_weights and "embedding_dim" in given:
-        width = config.embedding_dim
-    else:
-        width = default_width(not compiled)
-    return replace(config, cell=default_cell(compiled and width % window.UNITS == 0))
 
 
 def _width(
