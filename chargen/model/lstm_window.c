@@ -128,6 +128,27 @@ static void pack(const struct job *j, int first, int end)
                    UNITS * sizeof(float));
 }
 
+/* Row m's 8 units from u at step t: the gates squashed from their sums ``pre`` (i, f, g, o) and
+ * kept in ``acts``, the new cell kept in ``cs`` and returned, the output gate in ``o``. */
+static inline __attribute__((always_inline)) __m256 gates_and_cell(struct job *j,
+                                                                   const __m256 pre[4], int m,
+                                                                   int t, int u, __m256 *o)
+{
+    const int T = j->T, H = j->H;
+    const size_t at = (size_t)m * T + t;
+    __m256 i = sigmoid8(pre[0]), f = sigmoid8(pre[1]), g = tanh8(pre[2]);
+    *o = sigmoid8(pre[3]);
+    const float *c_prev = t ? j->cs + (at - 1) * H + u : j->c0 + (size_t)m * H + u;
+    __m256 c = _mm256_fmadd_ps(f, _mm256_loadu_ps(c_prev), _mm256_mul_ps(i, g));
+    float *act = j->acts + at * 4 * H + u;
+    _mm256_storeu_ps(act, i);
+    _mm256_storeu_ps(act + H, f);
+    _mm256_storeu_ps(act + 2 * H, g);
+    _mm256_storeu_ps(act + 3 * H, *o);
+    _mm256_storeu_ps(j->cs + at * H + u, c);
+    return c;
+}
+
 static void forward_part(struct job *j, int first, int end)
 {
     const int T = j->T, B = j->B, H = j->H, G = 4 * H;
@@ -156,18 +177,10 @@ static void forward_part(struct job *j, int first, int end)
                 }
                 for (int r = 0; r < R; r++) {
                     const size_t at = ((size_t)(m0 + r) * T + t), m = m0 + r;
-                    __m256 i = sigmoid8(_mm256_load_ps(sums[r]));
-                    __m256 f = sigmoid8(_mm256_load_ps(sums[r] + 8));
-                    __m256 g = tanh8(_mm256_load_ps(sums[r] + 16));
-                    __m256 o = sigmoid8(_mm256_load_ps(sums[r] + 24));
-                    const float *c_prev = t ? j->cs + (at - 1) * H + u : j->c0 + m * H + u;
-                    __m256 c = _mm256_fmadd_ps(f, _mm256_loadu_ps(c_prev), _mm256_mul_ps(i, g));
-                    float *act = j->acts + at * G + u;
-                    _mm256_storeu_ps(act, i);
-                    _mm256_storeu_ps(act + H, f);
-                    _mm256_storeu_ps(act + 2 * H, g);
-                    _mm256_storeu_ps(act + 3 * H, o);
-                    _mm256_storeu_ps(j->cs + at * H + u, c);
+                    const __m256 pre[4] = {_mm256_load_ps(sums[r]), _mm256_load_ps(sums[r] + 8),
+                                           _mm256_load_ps(sums[r] + 16),
+                                           _mm256_load_ps(sums[r] + 24)};
+                    __m256 o, c = gates_and_cell(j, pre, m, t, u, &o);
                     _mm256_storeu_ps(j->hs + at * H + u, _mm256_mul_ps(o, tanh8(c)));
                 }
             }
@@ -390,16 +403,8 @@ static void ln_forward_part(struct job *j, int first, int end)
                     pre[q] = _mm256_fmadd_ps(_mm256_loadu_ps(j->gain_hh + q * H + u), x,
                                              _mm256_loadu_ps(j->xg + at * G + q * H + u));
                 }
-                __m256 i = sigmoid8(pre[0]), f = sigmoid8(pre[1]), g = tanh8(pre[2]);
-                __m256 o = sigmoid8(pre[3]);
-                const float *c_prev = t ? j->cs + (at - 1) * H + u : j->c0 + (size_t)m * H + u;
-                __m256 c = _mm256_fmadd_ps(f, _mm256_loadu_ps(c_prev), _mm256_mul_ps(i, g));
-                float *act = j->acts + at * G + u;
-                _mm256_storeu_ps(act, i);
-                _mm256_storeu_ps(act + H, f);
-                _mm256_storeu_ps(act + 2 * H, g);
-                _mm256_storeu_ps(act + 3 * H, o);
-                _mm256_storeu_ps(j->cs + at * H + u, c);
+                __m256 o;
+                gates_and_cell(j, pre, m, t, u, &o);
             }
             for (int p = first; p < end; p++)
                 block_moments(j->cs + at * H + p * UNITS, j->cell_stats + (size_t)m * NB * 2, p, NB);
