@@ -9,6 +9,7 @@ process slow down many times over):
     python benchmarks/run.py --repeats 1 --train-time 60
     python benchmarks/run.py --only host          # is this machine steady enough? (20 s)
     python benchmarks/run.py --only quality sampling --cell lnlstm
+    python benchmarks/run.py --only quality --level bpe  # losses per character compare levels
 
 Every figure is measured ``--repeats`` times (3 by default; quality with seeds 1337, 7 and 3) and
 reported as the median with the lowest and highest run, the median compared with its target.
@@ -53,10 +54,15 @@ QUALITY_SEEDS = (1337, 7, 3)
 
 
 def bench_quality(
-    corpus: Path, seconds: float, env: dict, seed: int = 1337, cell: str | None = None
+    corpus: Path,
+    seconds: float,
+    env: dict,
+    seed: int = 1337,
+    cell: str | None = None,
+    level: str | None = None,
 ) -> dict:
-    """Default settings (or another ``cell``), --time SECONDS, then `chargen eval` on the
-    validation part."""
+    """Default settings (or another ``cell`` or ``level``), --time SECONDS, then `chargen eval`
+    on the validation part. Its loss per character is the figure to compare across levels."""
     text = corpus.read_text(encoding="utf-8")
     val = Path(env["CHARGEN_CHECKPOINTS"]) / "val.txt"
     val.write_text(text[int(len(text) * 0.9) :], encoding="utf-8")
@@ -74,6 +80,7 @@ def bench_quality(
         "--quiet",
         "--force",
         *(("--cell", cell) if cell else ()),
+        *(("--level", level) if level else ()),
         env=env,
     )
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -85,6 +92,7 @@ def bench_quality(
         "train_step_tokens_per_sec": summary["step_tokens_per_sec"],
         "val_loss": evaluation["nats_per_token"],
         "val_bpc": evaluation["bits_per_char"],
+        "val_nats_per_char": evaluation["bits_per_char"] * math.log(2),
         "peak_rss_mb": max(peak_kb, before) / 1024,
     }
 
@@ -408,7 +416,7 @@ def bench_host(seconds: float = 20.0) -> dict:
 # ------------------------------------------------------------------------------------ main
 
 TARGETS = {
-    ("quality", "val_loss"): ("<=", 1.40),
+    ("quality", "val_nats_per_char"): ("<=", 1.40),
     ("quality", "peak_rss_mb"): ("<=", 1024),
     ("throughput", "speedup"): (">=", 2.0),
     ("sampling", "single_stream_tokens_per_sec"): (">=", 5000),
@@ -435,7 +443,7 @@ def measure(group: str, run: int, args, env: dict) -> dict:
     if group == "quality":
         seed = QUALITY_SEEDS[run % len(QUALITY_SEEDS)]
         print(f"quality: {args.train_time:.0f}s at seed {seed} ...", file=sys.stderr)
-        return bench_quality(args.corpus, args.train_time, env, seed, args.cell)
+        return bench_quality(args.corpus, args.train_time, env, seed, args.cell, args.level)
     if group == "throughput":
         print("throughput: baseline loop and chargen ...", file=sys.stderr)
         return bench_throughput(args.corpus, args.throughput_time, env)
@@ -494,6 +502,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=GROUPS, default=list(DEFAULT_GROUPS))
     parser.add_argument("--scale-mb", type=int, default=1000, help="size of the scale corpus")
     parser.add_argument("--cell", help="the trained models' cell (quality, sampling)")
+    parser.add_argument("--level", help="the trained models' tokenizer level (quality, sampling)")
     args = parser.parse_args()
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
@@ -503,7 +512,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         env = dict(os.environ, CHARGEN_CHECKPOINTS=scratch)
         if "quality" not in args.only and {"sampling", "startup"} & set(args.only):
-            bench_quality(args.corpus, 5, env, cell=args.cell)  # a model to sample from
+            bench_quality(args.corpus, 5, env, cell=args.cell, level=args.level)  # to sample
         for run in range(args.repeats):
             for group in args.only:
                 if group != "scale" or run == 0:

@@ -19,8 +19,17 @@ CELLS = ("rnn", "lstm", "gru", "lnlstm")
 """Recurrent cell names; the model's registry and the CLI's choices both read this tuple.
 ``lnlstm`` is the layer-normalised LSTM (``chargen.model.lnlstm``)."""
 
-LEVELS = ("char", "word", "abc")
+LEVELS = ("char", "word", "abc", "bpe")
 """Tokenizer levels; ``chargen.text.tokenizer.LEVEL_SPECS`` says how each cuts text."""
+
+LEVEL_VOCABULARY = {"char": None, "word": 10_000, "abc": 10_000, "bpe": 512}
+"""The vocabulary cap of a level's run that sets none (a character level needs no cap): 512
+sub-word tokens won 120-s runs on tinyshakespeare here against 256, 384, 768 and 1,024
+(docs/experiments.md)."""
+
+LEVEL_EMBEDDING = {"char": 64, "word": 64, "abc": 64, "bpe": 256}
+"""The token embedding's width in a level's new run that sets none: a character needs far fewer
+dimensions than the hidden state; 512 sub-word tokens did best with 256 (docs/experiments.md)."""
 
 SCHEDULES = ("wsd", "cosine")
 """Learning-rate schedules after the warm-up: warm-up, stable, decay; or cosine decay."""
@@ -130,7 +139,7 @@ def default_width(torch_float32: bool) -> int:
 class ModelConfig:
     cell: str = "lstm"  # LSTM learns long dependencies the plain RNN's vanishing gradients lose
     vocab_size: int = 0  # filled in from the tokenizer
-    embedding_dim: int = 64  # a character needs far fewer dimensions than the hidden state
+    embedding_dim: int = 64  # a new run without --embedding takes its level's LEVEL_EMBEDDING
     hidden_size: int = WIDTH  # a new run without --hidden takes default_width(its hardware)
     num_layers: int = 1  # one wide layer beats two narrow ones per CPU-second at this scale
     dropout: float = 0.0  # a new run without --dropout takes corpus_dropout(its corpus size)
@@ -156,8 +165,10 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     level: str = "char"  # character level needs no vocabulary cap and never meets <unk>
-    vocab_size: int = 10_000  # word level: keep the most frequent tokens, map the rest to <unk>
-    min_freq: int = 1  # word level: drop tokens seen fewer times than this
+    # word, abc and bpe levels: the vocabulary's cap, <unk> included (the most frequent pieces,
+    # or the merges learned first); None takes the level's own (``LEVEL_VOCABULARY``)
+    vocab_size: int | None = None
+    min_freq: int = 1  # word level: drop tokens seen fewer times; bpe: merge pairs seen this often
     batch_size: int = 16  # parallel streams; 16 learn more per token in a short run than 32
     seq_len: int = 64  # BPTT window; the hidden state carries context across windows
     reset_every: int = 32  # windows between a stream's zero-state restarts (staggered); 0: never
@@ -182,6 +193,13 @@ class TrainConfig:
     device: str = "auto"  # cuda, then mps, then cpu
     precision: str = "auto"  # bf16 autocast where the hardware has it, else fp32
     threads: int | None = None  # torch intra-op threads; None keeps torch's choice
+
+    @property
+    def vocabulary_cap(self) -> int:
+        """The vocabulary's cap: ``vocab_size``, or the level's own where that is None."""
+        if self.vocab_size is not None:
+            return self.vocab_size
+        return LEVEL_VOCABULARY[self.level] or 2**32
 
     def validate(self) -> None:
         _check_finite(self)

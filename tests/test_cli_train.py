@@ -117,12 +117,37 @@ def test_tie_weights_with_unequal_sizes_is_a_usage_error(corpus):
     )
 
 
-@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize("level", ["char", "word", "bpe"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_smoke_every_cell_and_level_trains_saves_and_samples(corpus, cell, level):
     train(corpus, "m", "--cell", cell, "--level", level, "--layers", "2", "--dropout", "0.1")
     result = run("sample", "m", "--length", "20", "--seed", "1")
     assert result.exit_code == 0 and len(result.stdout) > 5
+
+
+def test_bpe_level_takes_its_own_vocabulary_and_embedding_and_scores_per_character(
+    corpus, tmp_path
+):
+    plain = [a for a in TINY if a not in ("--embedding", "8")]
+    result = run("train", corpus, "--name", "sub", "--level", "bpe", *plain)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "checkpoints" / "sub" / "run.json").read_text())
+    assert saved["model"]["embedding_dim"] == 256
+    tokenizer = json.loads((tmp_path / "checkpoints" / "sub" / "tokenizer.json").read_text())
+    pieces = tokenizer["model"]["vocab"]
+    assert len(pieces) <= 512 and max(map(len, pieces)) > 3  # whole words of the verse
+    scored = json.loads(run("eval", "sub", corpus, "--json").stdout)
+    text = corpus.read_text(encoding="utf-8")
+    assert len(text) - 4 <= scored["chars"] < len(text)  # every token after the first ("The")
+    assert scored["tokens"] < scored["chars"] / 2
+    assert scored["bits_per_char"] * scored["chars"] == pytest.approx(
+        scored["nats_per_token"] * scored["tokens"] / 0.6931471805599453
+    )
+    given = run("train", corpus, "--name", "small", "--level", "bpe", "--vocab-size", "40", *TINY)
+    assert given.exit_code == 0, given.output
+    small = json.loads((tmp_path / "checkpoints" / "small" / "tokenizer.json").read_text())
+    assert len(small["model"]["vocab"]) == 40
+    assert run("sample", "small", "--length", "30", "--seed", "1").exit_code == 0
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_zero(corpus, tmp_path):

@@ -38,7 +38,7 @@ def test_globs_expand_and_missing_sources_are_named(files):
         corpus.expand_sources([str(files / "missing.txt")])
 
 
-@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize("level", ["char", "word", "bpe"])
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -37,7 +37,16 @@ def test_word_round_trip_is_exact_when_the_vocabulary_holds_every_piece(text):
     assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
-@pytest.mark.parametrize("level", ["char", "word"])
+@given(train_text=awkward, text=awkward, vocab_size=st.integers(2, 300))
+def test_bpe_round_trip_is_exact_over_the_training_alphabet(train_text, text, vocab_size):
+    tokenizer = tokenizer_for(train_text, "bpe", vocab_size=vocab_size)
+    known = "".join(c for c in text if c in set(train_text))
+    assert tokenizer.decode(tokenizer.encode(train_text)) == train_text
+    assert tokenizer.decode(tokenizer.encode(known)) == known
+    assert tokenizer.vocab_size <= max(vocab_size, len(set(train_text)) + 1)
+
+
+@pytest.mark.parametrize("level", ["char", "word", "bpe"])
 @settings(max_examples=50)
 @given(train_text=awkward, text=awkward)
 def test_fast_encoding_matches_the_hugging_face_tokenizer(
@@ -90,6 +99,35 @@ def test_saved_tokenizer_is_a_standard_file_with_the_fuse_decoder():
     plain = HFTokenizer.from_str(tokenizer.to_json())
     ids = plain.encode("the\nhi", add_special_tokens=False).ids
     assert plain.decode(ids) == "the\nhi"
+
+
+def test_bpe_tokens_span_several_characters_and_count_them_for_bits_per_char():
+    text = "the cat and the hat and the bat sat on the mat\n" * 20
+    tokenizer = tokenizer_for(text, "bpe", vocab_size=60)
+    ids = tokenizer.encode(text)
+    assert len(ids) < len(text) / 2.5  # " the", " and", ... are one token each
+    assert int(tokenizer.piece_lengths[ids].sum()) == len(text)
+    assert all("\n" not in tokenizer.pieces[i] or tokenizer.pieces[i] == "\n" for i in ids)
+
+
+def test_bpe_names_the_characters_it_cannot_spell():
+    tokenizer = tokenizer_for("the cat\n", "bpe", vocab_size=30)
+    assert tokenizer.unknown_pieces("the dog") == ["d", "o", "g"]
+    assert tokenizer.encode("dot").tolist()[:2] == [0, 0]
+
+
+def test_saved_bpe_tokenizer_reloads_and_its_merges_are_checked():
+    tokenizer = tokenizer_for("the cat and the hat\n" * 5, "bpe", vocab_size=40)
+    saved = json.loads(tokenizer.to_json())
+    assert saved["model"]["type"] == "BPE"
+    again = Tokenizer.from_json(tokenizer.to_json(), "bpe")
+    assert again.encode("the hat").tolist() == tokenizer.encode("the hat").tolist()
+    saved["model"]["merges"][0] = ["th", "zzz"]
+    with pytest.raises(TokenizerError, match="merges"):
+        Tokenizer.from_json(json.dumps(saved), "bpe")
+    del saved["model"]["merges"]
+    with pytest.raises(TokenizerError, match="merges"):
+        Tokenizer.from_json(json.dumps(saved), "bpe")
 
 
 def test_malformed_tokenizer_json_is_a_tokenizer_error():

@@ -136,7 +136,9 @@ def checkpoints_show(ctx, run, as_json, plot):
     )
     console.print(f"  {'disk':<12} {summary['disk_bytes'] / 1e6:.1f} MB")
     console.print(f"  {'model':<12} {_as_flags(found.info['model'], skip={'vocab_size'})}")
-    word_only = {"vocab_size", "min_freq"} if found.info["train"].get("level") != "word" else set()
+    level = found.info["train"].get("level")
+    word_only = {"min_freq"} if level not in ("word", "bpe") else set()
+    word_only |= {"vocab_size"} if level not in ("word", "abc", "bpe") else set()
     console.print(f"  {'training':<12} {_as_flags(found.info['train'], skip=word_only)}")
     evaluations = [m for m in metrics if "val_loss" in m]
     if evaluations:

@@ -47,21 +47,20 @@ _M = ModelConfig()
     type=click.Choice(LEVELS),
     default=_D.level,
     show_default=True,
-    help="Tokenizer level.",
+    help="Tokenizer level (bpe: learned sub-word pieces of one or more characters).",
 )
 @click.option(
     "--vocab-size",
     type=click.IntRange(2),
-    default=_D.vocab_size,
-    show_default=True,
-    help="Word level: vocabulary cap, <unk> included.",
+    help="Word, abc and bpe levels: vocabulary cap, <unk> included (default: 10,000; 512 at "
+    "the bpe level).",
 )
 @click.option(
     "--min-freq",
     type=click.IntRange(1),
     default=_D.min_freq,
     show_default=True,
-    help="Word level: drop tokens seen fewer times.",
+    help="Word level: drop tokens seen fewer times (bpe: pairs merged only this often).",
 )
 @click.option(
     "--cell",
@@ -82,7 +81,8 @@ _M = ModelConfig()
     "--embedding",
     type=click.IntRange(1),
     default=None,
-    help=f"Token embedding size (default: {_M.embedding_dim}; with --tie-weights, the width).",
+    help=f"Token embedding size (default: {_M.embedding_dim}, 256 at the bpe level; with "
+    "--tie-weights, the width).",
 )
 @click.option(
     "--dropout",

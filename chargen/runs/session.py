@@ -21,6 +21,7 @@ from typing import IO, Any
 import torch
 
 from chargen.config import (
+    LEVEL_EMBEDDING,
     ModelConfig,
     TrainConfig,
     corpus_dropout,
@@ -211,7 +212,7 @@ def start_training(
     train_config.validate()
     if run is None:  # before the corpus is read, so a bad combination fails at once
         device = pick_device(train_config.device)
-        model_config = _width(model_config, given or {}, device, train_config.precision)
+        model_config = _widths(model_config, given or {}, device, train_config)
     model_config.validate()
 
     device, world = _hardware(train_config)
@@ -241,16 +242,19 @@ def start_training(
         raise
 
 
-def _width(
-    config: ModelConfig, given: dict[str, Any], device: torch.device, precision: str
+def _widths(
+    config: ModelConfig, given: dict[str, Any], device: torch.device, train: TrainConfig
 ) -> ModelConfig:
     """A new run's widths where no option set them: the hidden size is ``default_width`` of
-    the hardware and the cell; tied weights need one width for both, the one given if either
-    is. Both LSTMs, plain and layer-normalised, train on the compiled window where it builds."""
-    cpu_float32 = device.type == "cpu" and not use_bf16(device, precision)
+    the hardware and the cell, the embedding the level's (``LEVEL_EMBEDDING``); tied weights
+    need one width for both, the one given if either is. Both LSTMs, plain and
+    layer-normalised, train on the compiled window where it builds."""
+    cpu_float32 = device.type == "cpu" and not use_bf16(device, train.precision)
     torch_float32 = cpu_float32 and not (config.cell in LSTMS and window.kernel() is not None)
     width = default_width(torch_float32)
     if not config.tie_weights:
+        if "embedding_dim" not in given:
+            config = replace(config, embedding_dim=LEVEL_EMBEDDING[train.level])
         return config if "hidden_size" in given else replace(config, hidden_size=width)
     if "hidden_size" in given:
         width = config.hidden_size
@@ -347,7 +351,7 @@ def _tokenize(corpus, tokenizer, config: TrainConfig, world: World, progress):
                 sources,
                 tokenizer,
                 config.level,
-                config.vocab_size,
+                config.vocabulary_cap,
                 config.min_freq,
                 config.val_frac,
                 boundary=boundary,
