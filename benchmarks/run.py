@@ -244,13 +244,14 @@ def bench_tokenize(corpus: Path) -> dict:
     text = corpus.read_text(encoding="utf-8")
     megabytes = len(text.encode("utf-8")) / 1e6
     result = {}
-    for level in ("char", "word"):
+    for level in ("char", "word", "bpe"):
         if level == "char":
-            tokenizer = Tokenizer.from_characters(set(text))
+            trained = Tokenizer.from_characters(set(text))
         else:
-            tokenizer = Tokenizer.train_from_chunks([text], level)
+            trained = Tokenizer.train_from_chunks([text], level, 512 if level == "bpe" else 10_000)
         best = math.inf
         for _ in range(3):
+            tokenizer = Tokenizer.from_json(trained.to_json(), level)  # nothing cached yet
             started = time.perf_counter()
             tokenizer.encode(text)
             best = min(best, time.perf_counter() - started)

@@ -145,8 +145,9 @@ def test_encoding_returns_int64_arrays():
     train_text=st.text(st.characters(max_codepoint=127)),
     text=st.text(st.characters(max_codepoint=127)),
 )
-def test_ascii_fast_path_of_the_word_level_matches_the_hugging_face_tokenizer(train_text, text):
-    tokenizer = tokenizer_for(train_text, "word")
+@pytest.mark.parametrize("level", ["word", "bpe"])
+def test_ascii_fast_path_matches_the_hugging_face_tokenizer(level, train_text, text):
+    tokenizer = tokenizer_for(train_text, level, vocab_size=10_000 if level == "word" else 300)
     saved = HFTokenizer.from_str(tokenizer.to_json())  # the file a run keeps, as HF reads it
     expected = saved.encode(text, add_special_tokens=False).ids if text else []
     assert tokenizer.encode(text).tolist() == expected

@@ -28,6 +28,7 @@ This module knows nothing about models, files on disk or the command line.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable
@@ -100,6 +101,12 @@ assert tuple(LEVEL_SPECS) == LEVELS, "config.LEVELS and the registry must list t
 
 _ASCII_WORD = re.compile(r"[A-Za-z0-9_]+|[^A-Za-z0-9_\s]|\s", re.ASCII)
 """The word level's pieces for ASCII text, where Rust's Unicode classes agree with these."""
+_ASCII_SUBWORD_PIECE = re.compile(
+    r" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\n|[^\S\n]+(?!\S)|[^\S\n]+", re.ASCII
+)
+"""The bpe level's pieces for ASCII text: its pattern with the letters, digits and whitespace
+that Unicode's classes hold within ASCII."""
+_PIECES_KEPT = 1 << 18  # a sub-word tokenizer's cache of spelled pieces is cleared past this
 _CHUNK_CHARS = 1 << 16  # corpus pieces handed to encode_batch; big enough to amortise call cost
 
 
@@ -126,6 +133,7 @@ class Tokenizer:
         self.piece_lengths = np.array([len(p) for p in self.pieces], dtype=np.int64)
         self.piece_lengths[0] = 1
         self._char_table: np.ndarray | None = None
+        self._spelled: dict[str, list[int]] = {}  # bpe: a piece's token ids, once worked out
 
     # ----------------------------------------------------------------- building and storing
 
@@ -152,7 +160,10 @@ class Tokenizer:
         else:
             trainer = trainers.WordLevelTrainer(**options)
         hf.train_from_iterator(chunks, trainer)
-        return cls(hf, level)
+        # rebuilt from the vocabulary as a saved file would be: the trainer also registers <unk>
+        # as a special token, which would make a literal "<unk>" in a text one token on some
+        # paths and five on others
+        return cls.from_json(hf.to_str(), level)
 
     @classmethod
     def from_json(cls, data: str | bytes, level: str):
@@ -200,6 +211,8 @@ class Tokenizer:
             vocab = self._vocab
             pieces = _ASCII_WORD.findall(text)
             return np.fromiter((vocab.get(p, 0) for p in pieces), np.int64, len(pieces))
+        if self.spec.subwords and text.isascii() and self.pattern == self.spec.pattern:
+            return self._encode_ascii_subwords(text)
         ids: list[int] = []
         for encoding in self._hf.encode_batch(list(_chunks(text)), add_special_tokens=False):
             ids.extend(encoding.ids)
@@ -226,6 +239,21 @@ class Tokenizer:
             return [c for c in dict.fromkeys(text) if c not in self._vocab]
         found = self._hf.pre_tokenizer.pre_tokenize_str(text)
         return list(dict.fromkeys(p for p, _ in found if p not in self._vocab))
+
+    def _encode_ascii_subwords(self, text: str) -> np.ndarray:
+        """``encode`` for ASCII text at a sub-word level: the pieces cut by Python's ``re``, each
+        distinct piece spelled once by the Hugging Face model (a piece's tokens do not depend on
+        its neighbours). Three times faster than ``encode_batch`` on English prose."""
+        spelled = self._spelled
+        if len(spelled) > _PIECES_KEPT:
+            spelled.clear()
+        pieces = _ASCII_SUBWORD_PIECE.findall(text)
+        new = list(set(pieces).difference(spelled))
+        encodings = self._hf.encode_batch(new, add_special_tokens=False)
+        for piece, encoding in zip(new, encodings, strict=True):
+            spelled[piece] = encoding.ids
+        ids = itertools.chain.from_iterable(map(spelled.__getitem__, pieces))
+        return np.fromiter(ids, np.int64)
 
     def _encode_chars(self, text: str) -> np.ndarray:
         if self._char_table is None:
