@@ -24,8 +24,8 @@ LEVELS = ("char", "word", "abc", "bpe")
 
 LEVEL_VOCABULARY = {"char": None, "word": 10_000, "abc": 10_000, "bpe": 512}
 """The vocabulary cap of a level's run that sets none (a character level needs no cap): 512
-sub-word tokens won 120-s runs on tinyshakespeare here against 256, 384, 768 and 1,024
-(docs/experiments.md)."""
+sub-word tokens did best in 120-s runs on tinyshakespeare, against 256, 384, 768 and 1,024
+(docs/experiments.md, 2026-12-07, later still)."""
 
 LEVEL_EMBEDDING = {"char": 64, "word": 64, "abc": 64, "bpe": 256}
 """The token embedding's width in a level's new run that sets none: a character needs far fewer
