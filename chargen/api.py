@@ -85,7 +85,7 @@ class Model:
 
     @property
     def level(self) -> str:
-        """The tokenizer level: ``char``, ``word`` or ``abc``."""
+        """The tokenizer level: ``char``, ``word``, ``abc`` or ``bpe``."""
         return self.tokenizer.level
 
     @property

@@ -22,8 +22,8 @@ CELLS = ("rnn", "lstm", "gru", "lnlstm")
 LEVELS = ("char", "word", "abc", "bpe")
 """Tokenizer levels; ``chargen.text.tokenizer.LEVEL_SPECS`` says how each cuts text."""
 
-LEVEL_VOCABULARY = {"char": None, "word": 10_000, "abc": 10_000, "bpe": 512}
-"""The vocabulary cap of a level's run that sets none (a character level needs no cap): 512
+LEVEL_VOCABULARY = {"char": 10_000, "word": 10_000, "abc": 10_000, "bpe": 512}
+"""The vocabulary cap of a level's run that sets none (the character level's is unused): 512
 sub-word tokens did best in 120-s runs on tinyshakespeare, against 256, 384, 768 and 1,024
 (docs/experiments.md, 2026-12-07, later still)."""
 
@@ -197,9 +197,7 @@ class TrainConfig:
     @property
     def vocabulary_cap(self) -> int:
         """The vocabulary's cap: ``vocab_size``, or the level's own where that is None."""
-        if self.vocab_size is not None:
-            return self.vocab_size
-        return LEVEL_VOCABULARY[self.level] or 2**32
+        return self.vocab_size if self.vocab_size is not None else LEVEL_VOCABULARY[self.level]
 
     def validate(self) -> None:
         _check_finite(self)

@@ -133,6 +133,7 @@ def test_bpe_level_takes_its_own_vocabulary_and_embedding_and_scores_per_charact
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "checkpoints" / "sub" / "run.json").read_text())
     assert saved["model"]["embedding_dim"] == 256
+    assert saved["train"]["vocab_size"] == 512  # the cap in use, never null
     tokenizer = json.loads((tmp_path / "checkpoints" / "sub" / "tokenizer.json").read_text())
     pieces = tokenizer["model"]["vocab"]
     assert len(pieces) <= 512 and max(map(len, pieces)) > 3  # whole words of the verse
@@ -148,6 +149,10 @@ def test_bpe_level_takes_its_own_vocabulary_and_embedding_and_scores_per_charact
     small = json.loads((tmp_path / "checkpoints" / "small" / "tokenizer.json").read_text())
     assert len(small["model"]["vocab"]) == 40
     assert run("sample", "small", "--length", "30", "--seed", "1").exit_code == 0
+    again = run("train", "--name", "small", "--resume", "--vocab-size", "40", "--max-steps", "25")
+    assert again.exit_code == 0, again.output  # the cap given again is no change
+    other = run("train", "--name", "small", "--resume", "--vocab-size", "41", "--max-steps", "30")
+    assert "--vocab-size: cannot change on --resume" in one_line_error(other)
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_zero(corpus, tmp_path):

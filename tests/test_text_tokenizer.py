@@ -130,6 +130,47 @@ def test_saved_bpe_tokenizer_reloads_and_its_merges_are_checked():
         Tokenizer.from_json(json.dumps(saved), "bpe")
 
 
+def test_bpe_pieces_kept_between_calls_survive_threads_and_stay_short(monkeypatch):
+    import threading
+
+    import chargen.text.tokenizer as module
+
+    monkeypatch.setattr(module, "_PIECES_KEPT", 5)  # the cache starts again almost every call
+    tokenizer = tokenizer_for("the cat and the hat sat on a mat\n" * 3, "bpe", vocab_size=40)
+    texts = [f"the {'cat ' * n}sat on {'a mat ' * (5 - n)}\n" for n in range(4)]
+    expected = [tokenizer._hf.encode(t, add_special_tokens=False).ids for t in texts]
+    failures = []
+
+    def encode_many(k):
+        for _ in range(100):
+            if tokenizer.encode(texts[k]).tolist() != expected[k]:
+                failures.append(k)
+
+    threads = [threading.Thread(target=encode_many, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    word = "a" * 100
+    assert tokenizer.decode(tokenizer.encode(f"the {word}\n")) == f"the {word}\n"
+    assert all(len(piece) <= module._LONGEST_KEPT for piece in tokenizer._spelled)
+
+
+def test_saved_bpe_tokenizer_with_repeated_merges_or_non_text_is_refused():
+    tokenizer = tokenizer_for("the cat and the hat\n" * 5, "bpe", vocab_size=40)
+    saved = json.loads(tokenizer.to_json())
+    saved["model"]["merges"].append(saved["model"]["merges"][0])
+    with pytest.raises(TokenizerError, match="repeats"):
+        Tokenizer.from_json(json.dumps(saved), "bpe")
+    for level in ("bpe", "word"):
+        broken = json.loads(tokenizer_for("the cat\n", level, vocab_size=40).to_json())
+        vocab = broken["model"]["vocab"]
+        vocab["\ud800"] = len(vocab)  # a lone surrogate: JSON can hold it, Rust cannot
+        with pytest.raises(TokenizerError, match="not text"):
+            Tokenizer.from_json(json.dumps(broken), level)
+
+
 def test_malformed_tokenizer_json_is_a_tokenizer_error():
     with pytest.raises(TokenizerError):
         Tokenizer.from_json("{not json", "char")

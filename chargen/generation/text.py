@@ -92,7 +92,7 @@ def prime_ids(tokenizer: Tokenizer, prime: str) -> list[int]:
     if unknown:
         shown = ", ".join(repr(p) for p in unknown[:10])
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-        what = "characters" if tokenizer.level == "char" else "tokens"
+        what = "characters" if tokenizer.level == "char" or tokenizer.spec.subwords else "tokens"
         raise UsageError(f"--prime has {what} the model never saw: {shown}{more}; remove them")
     if prime:
         return tokenizer.encode(prime).tolist()

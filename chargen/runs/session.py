@@ -211,6 +211,8 @@ def start_training(
         raise UsageError("missing CORPUS: the text to train on")
     train_config.validate()
     if run is None:  # before the corpus is read, so a bad combination fails at once
+        # the cap in use goes into run.json (older versions read a saved null as damage)
+        train_config = replace(train_config, vocab_size=train_config.vocabulary_cap)
         device = pick_device(train_config.device)
         model_config = _widths(model_config, given or {}, device, train_config)
     model_config.validate()
@@ -274,7 +276,12 @@ def _resumed_configs(
         field
         for field, value in given.items()
         if field not in RESUME_OVERRIDABLE
-        and value != getattr(model_config if field in _MODEL_FIELDS else saved, field)
+        and value
+        != (
+            saved.vocabulary_cap  # the option is the cap; the model's field is the vocabulary
+            if field == "vocab_size"
+            else getattr(model_config if field in _MODEL_FIELDS else saved, field)
+        )
     ]
     if changed:
         options = ", ".join(option_name(field) for field in changed)

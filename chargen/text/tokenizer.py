@@ -106,7 +106,8 @@ _ASCII_SUBWORD_PIECE = re.compile(
 )
 """The bpe level's pieces for ASCII text: its pattern with the letters, digits and whitespace
 that Unicode's classes hold within ASCII."""
-_PIECES_KEPT = 1 << 18  # a sub-word tokenizer's cache of spelled pieces is cleared past this
+_PIECES_KEPT = 1 << 18  # a sub-word tokenizer's cache of spelled pieces starts again past this
+_LONGEST_KEPT = 64  # characters of the longest piece the cache keeps
 _CHUNK_CHARS = 1 << 16  # corpus pieces handed to encode_batch; big enough to amortise call cost
 
 
@@ -185,6 +186,8 @@ class Tokenizer:
             raise TokenizerError("model.vocab is not a map from pieces to ids")
         if sorted(vocab.values()) != list(range(len(vocab))):
             raise TokenizerError("model.vocab's ids are not 0, 1, ... with none repeated")
+        if not all(_is_text(piece) for piece in vocab):
+            raise TokenizerError("model.vocab holds a piece that is not text (a lone surrogate)")
         saved = json.loads(data)
         merges = _saved_merges(saved, vocab) if LEVEL_SPECS[level].subwords else None
         pattern = _saved_pattern(saved, LEVEL_SPECS[level])
@@ -243,17 +246,23 @@ class Tokenizer:
     def _encode_ascii_subwords(self, text: str) -> np.ndarray:
         """``encode`` for ASCII text at a sub-word level: the pieces cut by Python's ``re``, each
         distinct piece spelled once by the Hugging Face model (a piece's tokens do not depend on
-        its neighbours). Three times faster than ``encode_batch`` on English prose."""
-        spelled = self._spelled
-        if len(spelled) > _PIECES_KEPT:
-            spelled.clear()
+        its neighbours), pieces up to ``_LONGEST_KEPT`` characters kept for the next call. Once
+        a text's common words are kept, about twice as fast as ``encode_batch`` on prose."""
+        if len(self._spelled) > _PIECES_KEPT:
+            self._spelled = {}  # a new dict: another thread may still be reading the old one
+        kept = self._spelled
         pieces = _ASCII_SUBWORD_PIECE.findall(text)
-        new = list(set(pieces).difference(spelled))
+        new = list(set(pieces).difference(kept))
         encodings = self._hf.encode_batch(new, add_special_tokens=False)
+        long = {}
         for piece, encoding in zip(new, encodings, strict=True):
-            spelled[piece] = encoding.ids
-        ids = itertools.chain.from_iterable(map(spelled.__getitem__, pieces))
-        return np.fromiter(ids, np.int64)
+            (kept if len(piece) <= _LONGEST_KEPT else long)[piece] = encoding.ids
+        spell = (
+            (lambda piece: long[piece] if piece in long else kept[piece])
+            if long
+            else kept.__getitem__
+        )
+        return np.fromiter(itertools.chain.from_iterable(map(spell, pieces)), np.int64)
 
     def _encode_chars(self, text: str) -> np.ndarray:
         if self._char_table is None:
@@ -291,9 +300,22 @@ def _saved_merges(saved: dict, vocab: dict[str, int]) -> list[tuple[str, str]]:
             and all(isinstance(part, str) and part in vocab for part in merge)
             and merge[0] + merge[1] in vocab
         ):
-            raise TokenizerError(f"model.merges holds {merge!r}, not a pair of known tokens")
+            raise TokenizerError(
+                f"model.merges holds {repr(merge)[:60]}, not a pair of known tokens"
+            )
         pairs.append((merge[0], merge[1]))
+    if len(set(pairs)) != len(pairs):
+        raise TokenizerError("model.merges repeats a merge")
     return pairs
+
+
+def _is_text(piece: str) -> bool:
+    """Whether ``piece`` is text the Rust side can take (no lone surrogates)."""
+    try:
+        piece.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _build_hf(
