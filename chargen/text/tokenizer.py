@@ -15,13 +15,14 @@ The ``bpe`` level is a ``BPE`` model (byte-pair encoding over characters, Sennri
 pieces are words with the space before them, numbers, runs of punctuation, single newlines and
 other whitespace, and each piece is spelled with learned sub-word tokens of one or more
 characters (``--vocab-size`` of them, single characters included). A token stands for two
-characters on average at 512 tokens on English prose, so a recurrent model reads twice the text
-a step; its losses per character stay comparable with the character level's.
+characters of tinyshakespeare on average at 512 tokens, so a recurrent model reads twice the
+text a step; its losses per character stay comparable with the character level's.
 
 The saved ``tokenizer.json`` is a standard file that ``tokenizers.Tokenizer.from_file`` loads and
 that encodes exactly as this module does. Encoding a whole corpus goes through fast paths (a numpy
-lookup for characters, batched encoding for words) that give the same ids as the Hugging Face
-tokenizer; one ``encode`` call on a megabyte string would take seconds.
+lookup for characters, batched encoding for words, Python's ``re`` and spelled pieces kept for
+ASCII sub-words) that give the same ids as the Hugging Face tokenizer; one ``encode`` call on a
+megabyte string would take seconds.
 
 This module knows nothing about models, files on disk or the command line.
 """
@@ -170,12 +171,14 @@ class Tokenizer:
     def from_json(cls, data: str | bytes, level: str):
         """The tokenizer of a saved ``tokenizer.json``.
 
-        Only its vocabulary is taken; the pipeline around it (pre-tokenizer, decoder) is this
-        level's own, rebuilt here. A shared file cannot bring a regular expression of its own
-        (one that takes forever, or panics the Rust engine) or a vocabulary with holes.
+        Only its vocabulary (and a sub-word level's merges) is taken; the pipeline around it
+        (pre-tokenizer, decoder) is this level's own, rebuilt here. A shared file cannot bring a
+        regular expression of its own (one that takes forever, or panics the Rust engine) or a
+        vocabulary with holes.
         """
         try:
-            vocab = json.loads(data)["model"]["vocab"]
+            saved = json.loads(data)
+            vocab = saved["model"]["vocab"]
         except (ValueError, KeyError, TypeError):
             raise TokenizerError("not a chargen tokenizer file (no model.vocab)") from None
         if level not in LEVELS:
@@ -188,7 +191,6 @@ class Tokenizer:
             raise TokenizerError("model.vocab's ids are not 0, 1, ... with none repeated")
         if not all(_is_text(piece) for piece in vocab):
             raise TokenizerError("model.vocab holds a piece that is not text (a lone surrogate)")
-        saved = json.loads(data)
         merges = _saved_merges(saved, vocab) if LEVEL_SPECS[level].subwords else None
         pattern = _saved_pattern(saved, LEVEL_SPECS[level])
         return cls(_build_hf(vocab, level, pattern, merges), level, pattern)
