@@ -475,6 +475,8 @@ def start(
         "hidden_size",
         "embedding",
         "embedding_dim",
+        "lr",
+        "decay_frac",
     )
     for chosen in chosen_when_missing:  # None: chosen as when not given
         if chosen in options and options[chosen] is None:

@@ -31,6 +31,12 @@ LEVEL_EMBEDDING = {"char": 64, "word": 64, "abc": 64, "bpe": 256}
 """The token embedding's width in a level's new run that sets none: a character needs far fewer
 dimensions than the hidden state; 512 sub-word tokens did best with 256 (docs/experiments.md)."""
 
+LEVEL_TRAINING: dict[str, dict[str, float]] = {"bpe": {"lr": 1e-2, "decay_frac": 0.4}}
+"""Training settings a level's new run takes where none is given, in place of ``TrainConfig``'s
+defaults: sub-word runs learned more in 1,300 steps of tinyshakespeare at a peak rate of 1e-2,
+decaying over the last 40%, than at 7e-3 over the last 60% (at seeds 1337, 7 and 3;
+docs/experiments.md, 2026-12-07, late night)."""
+
 SCHEDULES = ("wsd", "cosine")
 """Learning-rate schedules after the warm-up: warm-up, stable, decay; or cosine decay."""
 
@@ -173,6 +179,7 @@ class TrainConfig:
     seq_len: int = 64  # BPTT window; the hidden state carries context across windows
     reset_every: int = 32  # windows between a stream's zero-state restarts (staggered); 0: never
     lr: float = 7e-3  # AdamW peak rate; high, with short warm-up, wins on a 2-minute budget
+    # (a level's new run takes LEVEL_TRAINING's lr and decay_frac where it has them)
     weight_decay: float = 0.2  # AdamW decoupled; without it, 4 epochs of a 1 MB corpus overfit
     beta1: float = 0.6  # AdamW's first-moment decay: a short memory wins on a 2-minute run
     beta2: float = 0.99  # AdamW's second-moment decay

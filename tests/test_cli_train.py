@@ -125,15 +125,14 @@ def test_smoke_every_cell_and_level_trains_saves_and_samples(corpus, cell, level
     assert result.exit_code == 0 and len(result.stdout) > 5
 
 
-def test_bpe_level_takes_its_own_vocabulary_and_embedding_and_scores_per_character(
-    corpus, tmp_path
-):
+def test_bpe_level_takes_its_own_settings_and_scores_per_character(corpus, tmp_path):
     plain = [a for a in TINY if a not in ("--embedding", "8")]
     result = run("train", corpus, "--name", "sub", "--level", "bpe", *plain)
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "checkpoints" / "sub" / "run.json").read_text())
     assert saved["model"]["embedding_dim"] == 256
     assert saved["train"]["vocab_size"] == 512  # the cap in use, never null
+    assert (saved["train"]["lr"], saved["train"]["decay_frac"]) == (1e-2, 0.4)
     tokenizer = json.loads((tmp_path / "checkpoints" / "sub" / "tokenizer.json").read_text())
     pieces = tokenizer["model"]["vocab"]
     assert len(pieces) <= 512 and max(map(len, pieces)) > 3  # whole words of the verse
@@ -144,8 +143,16 @@ def test_bpe_level_takes_its_own_vocabulary_and_embedding_and_scores_per_charact
     assert scored["bits_per_char"] * scored["chars"] == pytest.approx(
         scored["nats_per_token"] * scored["tokens"] / 0.6931471805599453
     )
-    given = run("train", corpus, "--name", "small", "--level", "bpe", "--vocab-size", "40", *TINY)
+    given = run(
+        "train", corpus, "--name", "small", "--level", "bpe", "--vocab-size", "40",
+        "--lr", "0.003", "--decay-frac", "0.5", *TINY,
+    )  # fmt: skip
     assert given.exit_code == 0, given.output
+    settings = json.loads((tmp_path / "checkpoints" / "small" / "run.json").read_text())["train"]
+    assert (settings["lr"], settings["decay_frac"]) == (0.003, 0.5)
+    assert run("train", corpus, "--name", "chars", *TINY).exit_code == 0
+    settings = json.loads((tmp_path / "checkpoints" / "chars" / "run.json").read_text())["train"]
+    assert (settings["lr"], settings["decay_frac"]) == (7e-3, 0.6)
     small = json.loads((tmp_path / "checkpoints" / "small" / "tokenizer.json").read_text())
     assert len(small["model"]["vocab"]) == 40
     assert run("sample", "small", "--length", "30", "--seed", "1").exit_code == 0

@@ -114,9 +114,8 @@ _M = ModelConfig()
 @click.option(
     "--lr",
     type=click.FloatRange(0, min_open=True),
-    default=_D.lr,
-    show_default=True,
-    help="Peak learning rate.",
+    default=None,
+    help=f"Peak learning rate (default: {_D.lr:g}, 0.01 at the bpe level).",
 )
 @click.option(
     "--weight-decay", type=click.FloatRange(0), default=_D.weight_decay, show_default=True
@@ -161,9 +160,9 @@ _M = ModelConfig()
 @click.option(
     "--decay-frac",
     type=click.FloatRange(0, 1, min_open=True),
-    default=_D.decay_frac,
-    show_default=True,
-    help="wsd: the last part of the run (by --time, --max-steps or --epochs) that decays.",
+    default=None,
+    help="wsd: the last part of the run (by --time, --max-steps or --epochs) that decays "
+    f"(default: {_D.decay_frac:g}, 0.4 at the bpe level).",
 )
 @click.option(
     "--min-lr-frac",

@@ -22,6 +22,7 @@ import torch
 
 from chargen.config import (
     LEVEL_EMBEDDING,
+    LEVEL_TRAINING,
     ModelConfig,
     TrainConfig,
     corpus_dropout,
@@ -211,8 +212,11 @@ def start_training(
         raise UsageError("missing CORPUS: the text to train on")
     train_config.validate()
     if run is None:  # before the corpus is read, so a bad combination fails at once
-        # the cap in use goes into run.json (older versions read a saved null as damage)
-        train_config = replace(train_config, vocab_size=train_config.vocabulary_cap)
+        # the cap in use goes into run.json (older versions read a saved null as damage), and
+        # the level's own settings where none was given
+        level = LEVEL_TRAINING.get(train_config.level, {})
+        chosen = {field: value for field, value in level.items() if field not in (given or {})}
+        train_config = replace(train_config, vocab_size=train_config.vocabulary_cap, **chosen)
         device = pick_device(train_config.device)
         model_config = _widths(model_config, given or {}, device, train_config)
     model_config.validate()
