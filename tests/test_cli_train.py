@@ -156,6 +156,13 @@ def test_bpe_level_takes_its_own_settings_and_scores_per_character(corpus, tmp_p
     small = json.loads((tmp_path / "checkpoints" / "small" / "tokenizer.json").read_text())
     assert len(small["model"]["vocab"]) == 40
     assert run("sample", "small", "--length", "30", "--seed", "1").exit_code == 0
+    assert "warning: --vocab-size" not in given.output
+    tiny = run("train", corpus, "--name", "tiny", "--level", "bpe", "--vocab-size", "5", *TINY)
+    distinct = len(set(corpus.read_text(encoding="utf-8"))) + 1  # the training split's, <unk>
+    assert tiny.exit_code == 0, tiny.output
+    assert "warning: --vocab-size 5 is fewer than the corpus's distinct characters" in tiny.output
+    kept = json.loads((tmp_path / "checkpoints" / "tiny" / "tokenizer.json").read_text())
+    assert 5 < len(kept["model"]["vocab"]) <= distinct and not kept["model"]["merges"]
     again = run("train", "--name", "small", "--resume", "--vocab-size", "40", "--max-steps", "25")
     assert again.exit_code == 0, again.output  # the cap given again is no change
     other = run("train", "--name", "small", "--resume", "--vocab-size", "41", "--max-steps", "30")

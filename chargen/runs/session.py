@@ -401,6 +401,13 @@ def _make_trainer(corpus, tokenizer, arrays, model_config, train_config, device,
         warnings.append(
             "the validation split is empty, so no validation loss; the best weights are the last"
         )
+    subwords = LEVEL_SPECS[train_config.level].subwords  # a sub-word level keeps every character
+    if subwords and tokenizer.vocab_size > train_config.vocabulary_cap:
+        warnings.append(
+            f"--vocab-size {train_config.vocabulary_cap} is fewer than the corpus's distinct "
+            f"characters and <unk>: the vocabulary holds those {tokenizer.vocab_size} tokens and "
+            "no merges, as --level char would"
+        )
     model = RNNLanguageModel(model_config)
     bf16 = use_bf16(device, train_config.precision)
     return Trainer(model, batches, val, train_config, device, bf16, world=world), warnings
