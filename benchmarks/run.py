@@ -10,6 +10,7 @@ process slow down many times over):
     python benchmarks/run.py --only host          # is this machine steady enough? (20 s)
     python benchmarks/run.py --only quality sampling --cell lnlstm
     python benchmarks/run.py --only quality --level bpe  # losses per character compare levels
+    python benchmarks/run.py --only quality --level bpe --train-steps 1300  # host speed out
 
 Every figure is measured ``--repeats`` times (3 by default; quality with seeds 1337, 7 and 3) and
 reported as the median with the lowest and highest run, the median compared with its target.
@@ -60,9 +61,14 @@ def bench_quality(
     seed: int = 1337,
     cell: str | None = None,
     level: str | None = None,
+    steps: int | None = None,
 ) -> dict:
-    """Default settings (or another ``cell`` or ``level``), --time SECONDS, then `chargen eval`
-    on the validation part. Its loss per character is the figure to compare across levels."""
+    """Default settings (or another ``cell`` or ``level``), --time SECONDS (or --max-steps
+    ``steps``), then `chargen eval` on the validation part. Its loss per character is the figure
+    to compare across levels. A fixed step count takes the host's speed out of the figure, and
+    with it where in an epoch the run stops, which moves tinyshakespeare's figure by up to 0.03
+    (its validation play is read by one stream, part of each epoch: docs/experiments.md,
+    2026-12-07, late night)."""
     text = corpus.read_text(encoding="utf-8")
     val = Path(env["CHARGEN_CHECKPOINTS"]) / "val.txt"
     val.write_text(text[int(len(text) * 0.9) :], encoding="utf-8")
@@ -72,8 +78,7 @@ def bench_quality(
         str(corpus),
         "--name",
         "bench",
-        "--time",
-        f"{seconds}s",
+        *(("--max-steps", str(steps)) if steps else ("--time", f"{seconds}s")),
         "--seed",
         str(seed),
         "--json",
@@ -443,8 +448,11 @@ def measure(group: str, run: int, args, env: dict) -> dict:
         return bench_host()
     if group == "quality":
         seed = QUALITY_SEEDS[run % len(QUALITY_SEEDS)]
-        print(f"quality: {args.train_time:.0f}s at seed {seed} ...", file=sys.stderr)
-        return bench_quality(args.corpus, args.train_time, env, seed, args.cell, args.level)
+        limit = f"{args.train_steps} steps" if args.train_steps else f"{args.train_time:.0f}s"
+        print(f"quality: {limit} at seed {seed} ...", file=sys.stderr)
+        return bench_quality(
+            args.corpus, args.train_time, env, seed, args.cell, args.level, args.train_steps
+        )
     if group == "throughput":
         print("throughput: baseline loop and chargen ...", file=sys.stderr)
         return bench_throughput(args.corpus, args.throughput_time, env)
@@ -498,6 +506,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--train-time", type=float, default=120.0)
+    parser.add_argument("--train-steps", type=int, help="quality: this many steps, not a time")
     parser.add_argument("--throughput-time", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3, help="runs of every figure")
     parser.add_argument("--only", nargs="*", choices=GROUPS, default=list(DEFAULT_GROUPS))
@@ -507,6 +516,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
+    if args.train_steps is not None and args.train_steps < 1:
+        raise SystemExit("--train-steps must be at least 1")
     if not args.corpus.is_file():
         raise SystemExit(f"{args.corpus}: no such corpus; pass --corpus")
     runs: dict[str, list[dict]] = {}
@@ -532,6 +543,8 @@ def main() -> None:
         "corpus": str(args.corpus),
         "repeats": args.repeats,
         "cell": args.cell or "the default",
+        "level": args.level or "the default",
+        "train_steps": args.train_steps,
         "results": results,
     }
     (RESULTS / "latest.json").write_text(json.dumps(record, indent=2) + "\n")
