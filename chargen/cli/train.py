@@ -26,6 +26,7 @@ from chargen.cli.base import (
 from chargen.config import (
     CELLS,
     FLOAT32_WIDTH,
+    LEVEL_TRAINING,
     LEVELS,
     SCHEDULES,
     WIDTH,
@@ -35,6 +36,7 @@ from chargen.config import (
 
 _D = TrainConfig()
 _M = ModelConfig()
+_BPE = LEVEL_TRAINING["bpe"]
 
 
 @click.command(context_settings=CONTEXT)
@@ -115,7 +117,7 @@ _M = ModelConfig()
     "--lr",
     type=click.FloatRange(0, min_open=True),
     default=None,
-    help=f"Peak learning rate (default: {_D.lr:g}, 0.01 at the bpe level).",
+    help=f"Peak learning rate (default: {_D.lr:g}, {_BPE['lr']:g} at the bpe level).",
 )
 @click.option(
     "--weight-decay", type=click.FloatRange(0), default=_D.weight_decay, show_default=True
@@ -162,7 +164,7 @@ _M = ModelConfig()
     type=click.FloatRange(0, 1, min_open=True),
     default=None,
     help="wsd: the last part of the run (by --time, --max-steps or --epochs) that decays "
-    f"(default: {_D.decay_frac:g}, 0.4 at the bpe level).",
+    f"(default: {_D.decay_frac:g}, {_BPE['decay_frac']:g} at the bpe level).",
 )
 @click.option(
     "--min-lr-frac",
