@@ -106,8 +106,8 @@ class Model:
         seed: int | None = None,
         stop: str | None = None,
     ) -> str:
-        """The prompt followed by ``length`` tokens of the model's continuation (fewer if
-        ``stop`` appears: the text ends before it)."""
+        """The prompt followed by ``length`` tokens of the model's continuation (characters at
+        the character and bpe levels; fewer if ``stop`` appears: the text ends before it)."""
         config = SampleConfig(length, temperature, top_k, top_p, 1, seed, prompt, stop)
         return self.generate_many(config=config)[0].text
 
@@ -428,6 +428,8 @@ def train(
     ``options`` are the command line's options as keywords: ``time="2m"``, ``max_steps=500``,
     ``hidden=512``, ``level="word"``, ``cell="gru"``, ... (or the config fields they set).
     Without a limit (``max_steps``, ``epochs`` or ``time``) training runs 10 epochs. Without
+    ``cell`` a new run takes its level's (``LEVEL_CELL``) where it trains on the compiled
+    float32 window, else the LSTM. Without
     ``dropout`` (or with None) a new run takes it from its corpus's size, as ``--dropout`` does;
     without ``hidden``, 512 units, or 448 where a CPU trains in float32 on torch's recurrence
     (``default_width``); with ``tie_weights``, ``hidden`` and ``embedding`` are one width.
@@ -470,6 +472,7 @@ def start(
             raise UsageError("missing CORPUS (or --name NAME --resume to continue a run)")
         name = session.default_run_name(sources[0])
     chosen_when_missing = (
+        "cell",
         "dropout",
         "hidden",
         "hidden_size",

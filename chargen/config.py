@@ -37,6 +37,12 @@ defaults: sub-word runs learned more in 1,300 steps of tinyshakespeare at a peak
 decaying over the last 40%, than at 7e-3 over the last 60% (at seeds 1337, 7 and 3;
 docs/experiments.md, 2026-12-07, late night)."""
 
+LEVEL_CELL = {"bpe": "lnlstm"}
+"""The cell a level's new run takes without --cell where the layer-normalised LSTM trains on
+the compiled float32 window (a CPU without bf16 products): at the bpe level it learned more in
+120 s there than the LSTM. Elsewhere (bf16 CPUs, GPUs, no C compiler) the LSTM's fused forms
+are faster, and every level takes the LSTM."""
+
 SCHEDULES = ("wsd", "cosine")
 """Learning-rate schedules after the warm-up: warm-up, stable, decay; or cosine decay."""
 
@@ -238,7 +244,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    length: int = 500  # tokens to generate per sample
+    length: int = 500  # tokens to generate per sample; characters at char and bpe levels
     temperature: float = 0.8  # below 1 sharpens the distribution; 0 means greedy
     top_k: int | None = None  # keep only the k most likely tokens
     top_p: float | None = None  # keep the smallest set of tokens whose mass reaches p

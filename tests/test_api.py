@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chargen
@@ -24,6 +24,7 @@ from chargen.config import (
 )
 from chargen.model import window
 from tests.abc_fixtures import train_tiny_abc
+from tests.conftest import VERSE
 
 TINY = dict(
     hidden=24,
@@ -243,6 +244,33 @@ def test_generate_many_gives_samples_with_their_log_probability(bard):
     assert len(samples) == 4 and all(isinstance(s, chargen.Sample) for s in samples)
     assert all(s.tokens == 30 and s.mean_logprob < 0 for s in samples)
     assert samples[0].text == bard.generate("the", 30, temperature=1.2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def pieces(tmp_path_factory):
+    """A tiny model of sub-word tokens."""
+    folder = tmp_path_factory.mktemp("pieces")
+    (folder / "verse.txt").write_text(VERSE * 40, encoding="utf-8")
+    chargen.train(folder / "verse.txt", level="bpe", checkpoint_dir=folder, **TINY)
+    return chargen.load("verse", checkpoint_dir=folder)
+
+
+@settings(max_examples=12, deadline=None)
+@given(length=st.integers(1, 90), seed=st.integers(0, 2**16), stop=st.sampled_from([None, "e"]))
+def test_length_counts_characters_at_the_sub_word_level(pieces, length, seed, stop):
+    text = pieces.generate("The", length, temperature=1.0, seed=seed, stop=stop)
+    assert "".join(pieces.stream("The", length, temperature=1.0, seed=seed, stop=stop)) == text
+    made = pieces.generate_many(2, "The", length, temperature=1.0, seed=seed, stop=stop)
+    assert made[0].text == text
+    for sample in made:
+        assert sample.tokens <= length and len(sample.text) <= len("The") + length
+        if sample.finish_reason == "length":
+            assert len(sample.text) == len("The") + length
+        else:
+            assert sample.finish_reason == "stop" and "e" not in sample.text[3:]
+    if stop is None:
+        assert all(s.finish_reason == "length" for s in made)
+        assert len(pieces.beam("The", length, width=2).text) == len("The") + length
 
 
 def test_beam_is_the_likeliest_continuation(bard):

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from chargen.config import CELLS
+from chargen.model import window
 from chargen.runs import store as checkpoint
 from tests.cli_helpers import TINY, one_line_error, run, train
 
@@ -167,6 +168,26 @@ def test_bpe_level_takes_its_own_settings_and_scores_per_character(corpus, tmp_p
     assert again.exit_code == 0, again.output  # the cap given again is no change
     other = run("train", "--name", "small", "--resume", "--vocab-size", "41", "--max-steps", "30")
     assert "--vocab-size: cannot change on --resume" in one_line_error(other)
+
+
+def test_the_bpe_level_takes_the_layer_normalised_cell_where_it_runs_compiled(corpus, tmp_path):
+    options = [a for a in TINY if a not in ("--embedding", "8")]
+    options[options.index("--hidden") + 1] = "32"  # a width the compiled window takes
+
+    def cell(name, *args):
+        result = run("train", corpus, "--name", name, *options, *args)
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / "checkpoints" / name / "run.json").read_text())["model"]
+
+    compiled = window.kernel() is not None
+    assert cell("bpe", "--level", "bpe")["cell"] == ("lnlstm" if compiled else "lstm")
+    assert cell("char")["cell"] == "lstm"
+    assert cell("told", "--level", "bpe", "--cell", "gru")["cell"] == "gru"
+    assert cell("narrow", "--level", "bpe", "--hidden", "24")["cell"] == "lstm"  # not 16s
+    resumed = run("train", "--name", "told", "--resume", "--max-steps", "25", "--quiet")
+    assert resumed.exit_code == 0, resumed.output  # no --cell: the saved one, not a default
+    saved = json.loads((tmp_path / "checkpoints" / "told" / "run.json").read_text())
+    assert saved["model"]["cell"] == "gru"
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_zero(corpus, tmp_path):

@@ -50,7 +50,8 @@ TUNE_OPTIONS += ("free", "valid_only")
     type=click.IntRange(1),
     default=SampleConfig.length,
     show_default=True,
-    help="Tokens to generate per sample (tunes: a cap per tune, default 1200).",
+    help="Characters to generate per sample (tokens at the word and abc levels; tunes: a cap "
+    "on a tune's tokens, default 1200).",
 )
 @click.option(
     "--num",

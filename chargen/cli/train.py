@@ -67,9 +67,9 @@ _BPE = LEVEL_TRAINING["bpe"]
 @click.option(
     "--cell",
     type=click.Choice(CELLS),
-    default=_M.cell,
-    show_default=True,
-    help="Recurrent cell (lnlstm: a layer-normalised LSTM, which learns more a step).",
+    default=None,
+    help=f"Recurrent cell (default: {_M.cell}; at the bpe level lnlstm, a layer-normalised "
+    "LSTM that learns more a step, where a CPU trains it in float32 on the compiled kernel).",
 )
 @click.option("--layers", type=click.IntRange(1), default=_M.num_layers, show_default=True)
 @click.option(

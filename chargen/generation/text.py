@@ -66,19 +66,34 @@ class StopScanner:
 
 class TextControl(Control):
     """Decodes a sample's tokens as they come: text passes to ``on_text`` as it becomes final,
-    and the sample is complete when its stop text appears."""
+    and the sample is complete when its stop text appears, or with ``chars``, once it has that
+    many characters (the last token's piece cut to fit)."""
 
     def __init__(
-        self, tokenizer: Tokenizer, stop: str | Iterable[str] | None, on_text: Callable[[str], None]
+        self,
+        tokenizer: Tokenizer,
+        stop: str | Iterable[str] | None,
+        on_text: Callable[[str], None],
+        chars: int | None = None,
     ):
         self.pieces = tokenizer.pieces
         self.scanner = StopScanner(stop)
         self.on_text = on_text
+        self.chars_left = chars
+
+    @property
+    def full(self) -> bool:
+        """Whether the sample ended at its count of characters (not at a stop text)."""
+        return self.chars_left == 0 and not self.scanner.done
 
     def accept(self, token: int, forced: bool) -> bool:
-        if text := self.scanner.feed(self.pieces[token]):
+        piece = self.pieces[token]
+        if self.chars_left is not None:
+            piece = piece[: self.chars_left]
+            self.chars_left -= len(piece)
+        if text := self.scanner.feed(piece):
             self.on_text(text)
-        return self.scanner.done
+        return self.scanner.done or self.chars_left == 0
 
     def flush(self) -> None:
         """Pass on what was held back in case it began the stop text."""
@@ -102,8 +117,10 @@ def prime_ids(tokenizer: Tokenizer, prime: str) -> list[int]:
 
 def _sequences(tokenizer: Tokenizer, config: SampleConfig, on_text=None, first: int = 0):
     """The sequences of ``config.num`` samples, numbered from ``first`` (which picks their
-    random streams), with the controls that decode them where text must be seen as it is made
-    or end at a stop text."""
+    random streams), with the controls that decode them where text must be seen as it is made,
+    end at a stop text, or be counted in characters: at a sub-word level ``config.length``
+    counts characters, as at the character level (each piece has at least one, so the cap on
+    tokens is never the one that ends a sample)."""
     config.validate()
     if tokenizer.pieces[0] != UNK:
         raise UsageError("tokenizer has no <unk> at id 0")
@@ -117,8 +134,9 @@ def _sequences(tokenizer: Tokenizer, config: SampleConfig, on_text=None, first: 
             if on_text:
                 on_text(i, text)
 
-        decoding = config.stop is not None or on_text is not None
-        control = TextControl(tokenizer, config.stop, emit) if decoding else None
+        chars = config.length if tokenizer.spec.subwords else None
+        decoding = config.stop is not None or on_text is not None or chars is not None
+        control = TextControl(tokenizer, config.stop, emit, chars) if decoding else None
         key = sequence_key(config.seed, first + i)
         sequences.append(Sequence(prompt, config.length, config, key, control))
     return sequences, texts
@@ -154,6 +172,8 @@ def sample(
         else:
             parts.append(tokenizer.decode(sequence.ids))
         reason = sequence.finish_reason or "cancelled"
+        if sequence.control is not None and sequence.control.full:
+            reason = "length"
         samples.append(Sample("".join(parts), len(sequence.ids), sequence.mean_logprob, reason))
     return samples
 
@@ -192,12 +212,15 @@ def beam(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Sample:
     """The likeliest continuation of ``prime`` of ``length`` tokens that a beam of ``width``
-    finds, cut before ``stop`` if it appears."""
+    finds (characters at a sub-word level: as many tokens, cut to ``length`` characters), cut
+    before ``stop`` if it appears."""
     if width < 1:
         raise UsageError(f"beam width must be at least 1, got {width}")
     prompt = prime_ids(tokenizer, prime)
     found = BeamEngine(model, width, device).search(prompt, length, should_stop)
     text = tokenizer.decode(found.ids)
+    if tokenizer.spec.subwords:
+        text = text[:length]
     reason = "length"
     if stop and stop in text:
         text, reason = text[: text.index(stop)], "stop"

@@ -21,6 +21,7 @@ from typing import IO, Any
 import torch
 
 from chargen.config import (
+    LEVEL_CELL,
     LEVEL_EMBEDDING,
     LEVEL_TRAINING,
     ModelConfig,
@@ -219,6 +220,7 @@ def start_training(
         train_config = replace(train_config, vocab_size=train_config.vocabulary_cap, **chosen)
         device = pick_device(train_config.device)
         model_config = _widths(model_config, given or {}, device, train_config)
+        model_config = _cell(model_config, given or {}, device, train_config)
     model_config.validate()
 
     device, world = _hardware(train_config)
@@ -246,6 +248,20 @@ def start_training(
     except BaseException:
         trainer.close()  # its worker threads; a session closes them after training
         raise
+
+
+def _cell(
+    config: ModelConfig, given: dict[str, Any], device: torch.device, train: TrainConfig
+) -> ModelConfig:
+    """A new run's cell where --cell is not given: the level's (``LEVEL_CELL``) where the
+    layer-normalised LSTM trains on the compiled float32 window, else the LSTM."""
+    if "cell" in given:
+        return config
+    cpu_float32 = device.type == "cpu" and not use_bf16(device, train.precision)
+    compiled = (
+        cpu_float32 and config.hidden_size % window.UNITS == 0 and window.kernel() is not None
+    )
+    return replace(config, cell=LEVEL_CELL.get(train.level, "lstm") if compiled else "lstm")
 
 
 def _widths(
