@@ -250,6 +250,27 @@ def test_sequences_join_and_leave_between_steps(model_and_tokenizer):
     assert second.ids == run_alone(model, sequence(2, 25))[:10]
 
 
+def test_a_sequence_with_sizes_ends_when_they_reach_its_length(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    sizes = np.arange(tokenizer.vocab_size) % 4 + 1  # each token counts 1 to 4
+    config = SampleConfig(temperature=1.0)
+    sized = [Sequence([1, 2, 3], 40, config, sequence_key(s), sizes=sizes) for s in (1, 2)]
+    plain, late = sequence(1, 30), Sequence([1, 2, 3], 25, config, sequence_key(5), sizes=sizes)
+    engine = Engine(model)
+    engine.add([plain])
+    engine.step()
+    engine.add([sized[0]])  # a row with sizes beside one without
+    for _ in range(4):
+        engine.step()
+    engine.add([sized[1], late])  # rows with sizes join rows that count them
+    engine.run()
+    assert plain.ids == run_alone(model, sequence(1, 30)) and plain.finish_reason == "length"
+    for seq, length in ((sized[0], 40), (sized[1], 40), (late, 25)):
+        assert seq.finish_reason == "length"
+        assert sizes[seq.ids].sum() >= length > sizes[seq.ids[:-1]].sum()  # the first past it
+    assert sized[0].ids == run_alone(model, sequence(1, len(sized[0].ids)))
+
+
 class Forcing(Control):
     """Forces ``token`` at every step and ends the sequence after ``steps`` tokens."""
 

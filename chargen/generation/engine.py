@@ -66,7 +66,9 @@ class Sequence:
     """One sequence being generated: its prompt, its settings, its random stream and its tokens.
 
     ``finish_reason`` is None while it runs, then ``"stop"`` (its control ended it),
-    ``"length"`` (``max_tokens`` reached) or ``"cancelled"``.
+    ``"length"`` (``max_tokens`` reached) or ``"cancelled"``. With ``sizes`` (one whole number of
+    at least 1 for each token id: its characters, say), ``max_tokens`` caps the sum of the
+    written tokens' sizes, the last token going past it where it must.
     """
 
     def __init__(
@@ -76,11 +78,13 @@ class Sequence:
         config: SampleConfig | None = None,
         key: int | None = None,
         control: Control | None = None,
+        sizes: np.ndarray | None = None,
     ):
         if not prompt:
             raise ValueError("a sequence needs at least one prompt token")
         self.prompt = list(prompt)
         self.max_tokens = max_tokens
+        self.sizes = sizes
         self.config = config or SampleConfig()
         self.key = sequence_key(None) if key is None else key
         self.control = control
@@ -209,7 +213,7 @@ class Engine:
         for sequence, token in zip(sequences, written, strict=True):
             sequence.ids.append(token)
         self._steps += 1
-        done = state.advance(chosen, forced, stopped, self._steps)
+        done = state.advance(chosen, forced, stopped, self._steps, written)
         finished = []
         if done is not None:
             for row in done:
@@ -306,27 +310,43 @@ def _defines(control: Control, method: str) -> bool:
 
 class _RowState:
     """Per-row counters as arrays, so that a step updates every row at once: when each row
-    runs out of tokens, its next random draws (a block of them, computed ahead), the summed
-    log-probability of its chosen tokens and how many of its tokens were forced (the last two
-    are copied to the sequence when it leaves)."""
+    runs out of tokens, what is left of the sizes of the rows that count them, its next random
+    draws (a block of them, computed ahead), the summed log-probability of its chosen tokens and
+    how many of its tokens were forced (the last two are copied to the sequence when it
+    leaves)."""
 
     BLOCK = 64  # random draws computed ahead per row
+    UNCOUNTED = np.iinfo(np.int64).max // 2  # what a row without sizes has left: never spent
 
-    def __init__(self, sequences, ends, logprob, forced, draws=None):
+    def __init__(self, sequences, ends, logprob, forced, draws=None, left=None, sizes=None):
         self.sequences = sequences  # the rows' sequences, in row order
         self.ends = ends  # int64: the step count at which each row has written its last token
         self.next_end = int(ends.min()) if len(ends) else 0  # rows never change their ends
         self.logprob = logprob  # float64 tensor
         self.forced = forced  # int64
         self.draws = draws  # (N, k) float64: each row's next random draws, None to compute
+        self.left = left  # int64: the size each row may still write, where a row counts sizes
+        self.sizes = sizes  # every token's size (one model: one tokenizer, one table)
 
     @classmethod
     def of(cls, sequences: list[Sequence], now: int) -> _RowState:
+        sizes = next((s.sizes for s in sequences if s.sizes is not None), None)
+        left = None
+        if sizes is not None:
+            left = np.array(
+                [
+                    cls.UNCOUNTED if s.sizes is None else s.max_tokens - int(sizes[s.ids].sum())
+                    for s in sequences
+                ],
+                dtype=np.int64,
+            )
         return cls(
             list(sequences),
             np.array([now + s.max_tokens - len(s.ids) for s in sequences], dtype=np.int64),
             torch.tensor([s.logprob for s in sequences], dtype=torch.float64),
             np.array([len(s.ids) - s.chosen for s in sequences], dtype=np.int64),
+            left=left,
+            sizes=sizes,
         )
 
     @staticmethod
@@ -335,13 +355,23 @@ class _RowState:
         if first.draws is not None and second.draws is not None:
             width = min(first.draws.shape[1], second.draws.shape[1])
             draws = torch.cat([first.draws[:, :width], second.draws[:, :width]])
+        left = None
+        if first.left is not None or second.left is not None:
+            left = np.concatenate([part._left() for part in (first, second)])
         return _RowState(
             first.sequences + second.sequences,
             np.concatenate([first.ends, second.ends]),
             torch.cat([first.logprob, second.logprob]),
             np.concatenate([first.forced, second.forced]),
             draws,
+            left,
+            first.sizes if first.sizes is not None else second.sizes,
         )
+
+    def _left(self) -> np.ndarray:
+        if self.left is not None:
+            return self.left
+        return np.full(len(self.sequences), self.UNCOUNTED, dtype=np.int64)
 
     def take(self, rows, sequences: list[Sequence] | None = None) -> _RowState:
         """Rows ``rows`` (a row may come twice: beams), with ``sequences`` as their sequences
@@ -353,6 +383,8 @@ class _RowState:
             self.logprob[index],
             self.forced[rows],
             None if self.draws is None else self.draws[index],
+            None if self.left is None else self.left[rows],
+            self.sizes,
         )
 
     def uniforms(self) -> torch.Tensor:
@@ -365,17 +397,29 @@ class _RowState:
         draw, self.draws = self.draws[:, 0], self.draws[:, 1:]
         return draw
 
-    def advance(self, logprobs: torch.Tensor, forced: list[int], stopped: set[int], now: int):
-        """Count the token each row wrote at step ``now`` (a forced one adds no
-        log-probability); returns the rows that are done (stopped by their control or out of
-        tokens), or None."""
+    def advance(
+        self,
+        logprobs: torch.Tensor,
+        forced: list[int],
+        stopped: set[int],
+        now: int,
+        tokens: list[int],
+    ):
+        """Count the ``tokens`` the rows wrote at step ``now`` (a forced one adds no
+        log-probability); returns the rows that are done (stopped by their control, out of
+        tokens or out of size), or None."""
         if forced:
             logprobs = logprobs.clone()
             logprobs[forced] = 0.0
             self.forced[forced] += 1
         self.logprob += logprobs.cpu()
-        if stopped or now >= self.next_end:
-            return sorted(set(np.flatnonzero(self.ends <= now).tolist()) | stopped)
+        spent = None
+        if self.left is not None:
+            self.left -= self.sizes[tokens]
+            spent = self.left <= 0
+        if stopped or now >= self.next_end or (spent is not None and spent.any()):
+            ended = self.ends <= now if spent is None else (self.ends <= now) | spent
+            return sorted(set(np.flatnonzero(ended).tolist()) | stopped)
         return None
 
     def write_back(self, rows) -> None:
@@ -413,7 +457,9 @@ class BeamEngine(Engine):
         forks = []
         for source in sources.tolist():
             parent = self.sequences[source]
-            child = Sequence(parent.prompt, parent.max_tokens, parent.config, parent.key)
+            child = Sequence(
+                parent.prompt, parent.max_tokens, parent.config, parent.key, sizes=parent.sizes
+            )
             child.ids = list(parent.ids)
             forks.append(child)
         return forks

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from chargen.config import SampleConfig
@@ -66,8 +67,9 @@ class StopScanner:
 
 class TextControl(Control):
     """Decodes a sample's tokens as they come: text passes to ``on_text`` as it becomes final,
-    and the sample is complete when its stop text appears, or with ``chars``, once it has that
-    many characters (the last token's piece cut to fit)."""
+    and the sample is complete when its stop text appears. With ``chars``, the text ends at that
+    many characters (the last piece cut to fit; the engine ends the sequence there, by its
+    tokens' ``sizes``)."""
 
     def __init__(
         self,
@@ -81,11 +83,6 @@ class TextControl(Control):
         self.on_text = on_text
         self.chars_left = chars
 
-    @property
-    def full(self) -> bool:
-        """Whether the sample ended at its count of characters (not at a stop text)."""
-        return self.chars_left == 0 and not self.scanner.done
-
     def accept(self, token: int, forced: bool) -> bool:
         piece = self.pieces[token]
         if self.chars_left is not None:
@@ -93,7 +90,7 @@ class TextControl(Control):
             self.chars_left -= len(piece)
         if text := self.scanner.feed(piece):
             self.on_text(text)
-        return self.scanner.done or self.chars_left == 0
+        return self.scanner.done
 
     def flush(self) -> None:
         """Pass on what was held back in case it began the stop text."""
@@ -118,13 +115,15 @@ def prime_ids(tokenizer: Tokenizer, prime: str) -> list[int]:
 def _sequences(tokenizer: Tokenizer, config: SampleConfig, on_text=None, first: int = 0):
     """The sequences of ``config.num`` samples, numbered from ``first`` (which picks their
     random streams), with the controls that decode them where text must be seen as it is made,
-    end at a stop text, or be counted in characters: at a sub-word level ``config.length``
-    counts characters, as at the character level (each piece has at least one, so the cap on
-    tokens is never the one that ends a sample)."""
+    or end at a stop text. At a sub-word level ``config.length`` counts characters, as at the
+    character level: each token's size is its piece's length."""
     config.validate()
     if tokenizer.pieces[0] != UNK:
         raise UsageError("tokenizer has no <unk> at id 0")
     prompt = prime_ids(tokenizer, config.prime)
+    sizes = None
+    if tokenizer.spec.subwords:  # each token's length in characters
+        sizes = np.array([len(piece) for piece in tokenizer.pieces], dtype=np.int64)
     texts: list[list[str]] = [[config.prime] for _ in range(config.num)]
     sequences = []
     for i in range(config.num):
@@ -134,11 +133,11 @@ def _sequences(tokenizer: Tokenizer, config: SampleConfig, on_text=None, first: 
             if on_text:
                 on_text(i, text)
 
-        chars = config.length if tokenizer.spec.subwords else None
-        decoding = config.stop is not None or on_text is not None or chars is not None
+        chars = config.length if sizes is not None else None
+        decoding = config.stop is not None or on_text is not None
         control = TextControl(tokenizer, config.stop, emit, chars) if decoding else None
         key = sequence_key(config.seed, first + i)
-        sequences.append(Sequence(prompt, config.length, config, key, control))
+        sequences.append(Sequence(prompt, config.length, config, key, control, sizes))
     return sequences, texts
 
 
@@ -169,11 +168,10 @@ def sample(
     for sequence, parts in zip(sequences, texts, strict=True):
         if sequence.control is not None:
             sequence.control.flush()
-        else:
-            parts.append(tokenizer.decode(sequence.ids))
+        else:  # at a sub-word level the last piece may go past the length
+            cut = config.length if tokenizer.spec.subwords else None
+            parts.append(tokenizer.decode(sequence.ids)[:cut])
         reason = sequence.finish_reason or "cancelled"
-        if sequence.control is not None and sequence.control.full:
-            reason = "length"
         samples.append(Sample("".join(parts), len(sequence.ids), sequence.mean_logprob, reason))
     return samples
 
