@@ -168,8 +168,8 @@ def sample(
     for sequence, parts in zip(sequences, texts, strict=True):
         if sequence.control is not None:
             sequence.control.flush()
-        else:  # at a sub-word level the last piece may go past the length
-            cut = config.length if tokenizer.spec.subwords else None
+        else:  # where sizes counted characters, the last piece may go past the length
+            cut = config.length if sequence.sizes is not None else None
             parts.append(tokenizer.decode(sequence.ids)[:cut])
         reason = sequence.finish_reason or "cancelled"
         samples.append(Sample("".join(parts), len(sequence.ids), sequence.mean_logprob, reason))

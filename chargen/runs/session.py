@@ -250,6 +250,11 @@ def start_training(
         raise
 
 
+def _cpu_float32(device: torch.device, train: TrainConfig) -> bool:
+    """Whether training runs on a CPU in float32 (no bf16 products, or --precision fp32)."""
+    return device.type == "cpu" and not use_bf16(device, train.precision)
+
+
 def _cell(
     config: ModelConfig, given: dict[str, Any], device: torch.device, train: TrainConfig
 ) -> ModelConfig:
@@ -257,9 +262,10 @@ def _cell(
     layer-normalised LSTM trains on the compiled float32 window, else the LSTM."""
     if "cell" in given:
         return config
-    cpu_float32 = device.type == "cpu" and not use_bf16(device, train.precision)
     compiled = (
-        cpu_float32 and config.hidden_size % window.UNITS == 0 and window.kernel() is not None
+        _cpu_float32(device, train)
+        and config.hidden_size % window.UNITS == 0
+        and window.kernel() is not None
     )
     return replace(config, cell=LEVEL_CELL.get(train.level, "lstm") if compiled else "lstm")
 
@@ -271,8 +277,8 @@ def _widths(
     the hardware and the cell, the embedding the level's (``LEVEL_EMBEDDING``); tied weights
     need one width for both, the one given if either is. Both LSTMs, plain and
     layer-normalised, train on the compiled window where it builds."""
-    cpu_float32 = device.type == "cpu" and not use_bf16(device, train.precision)
-    torch_float32 = cpu_float32 and not (config.cell in LSTMS and window.kernel() is not None)
+    compiled = config.cell in LSTMS and window.kernel() is not None
+    torch_float32 = _cpu_float32(device, train) and not compiled
     width = default_width(torch_float32)
     if not config.tie_weights:
         if "embedding_dim" not in given:
