@@ -429,7 +429,8 @@ def train(
     ``hidden=512``, ``level="word"``, ``cell="gru"``, ... (or the config fields they set).
     Without a limit (``max_steps``, ``epochs`` or ``time``) training runs 10 epochs. Without
     ``cell`` a new run takes its level's (``LEVEL_CELL``) where it trains on the compiled
-    float32 window, else the LSTM. Without
+    float32 window, else the LSTM; without ``ngram``, its level's n-gram order
+    (``LEVEL_NGRAM``: 8 at the character level, none elsewhere). Without
     ``dropout`` (or with None) a new run takes it from its corpus's size, as ``--dropout`` does;
     without ``hidden``, 512 units, or 448 where a CPU trains in float32 on torch's recurrence
     (``default_width``); with ``tie_weights``, ``hidden`` and ``embedding`` are one width.
@@ -480,6 +481,7 @@ def start(
         "embedding_dim",
         "lr",
         "decay_frac",
+        "ngram",
     )
     for chosen in chosen_when_missing:  # None: chosen as when not given
         if chosen in options and options[chosen] is None:

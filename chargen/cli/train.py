@@ -26,8 +26,10 @@ from chargen.cli.base import (
 from chargen.config import (
     CELLS,
     FLOAT32_WIDTH,
+    LEVEL_NGRAM,
     LEVEL_TRAINING,
     LEVELS,
+    MAX_NGRAM,
     SCHEDULES,
     WIDTH,
     ModelConfig,
@@ -98,6 +100,14 @@ _BPE = LEVEL_TRAINING["bpe"]
     is_flag=True,
     help="Share input and output embeddings: --hidden and --embedding become one width "
     "(whichever is given, else the default --hidden).",
+)
+@click.option(
+    "--ngram",
+    type=click.IntRange(0, MAX_NGRAM),
+    default=None,
+    help=f"Mix in an n-gram model of this order, counted from the training text; its share is "
+    f"fitted on the validation text (default: {LEVEL_NGRAM['char']} at the char level, else 0: "
+    "none).",
 )
 @click.option(
     "--batch-size",

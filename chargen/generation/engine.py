@@ -29,7 +29,7 @@ from chargen.generation.sampling import (
     stream_start,
     uniforms,
 )
-from chargen.model import compiled
+from chargen.model import compiled, ngram
 from chargen.model.compiled import CompiledStepper
 from chargen.model.device import use_bf16
 from chargen.model.rnn import Hidden, RNNLanguageModel, join_hidden, select_hidden
@@ -118,6 +118,8 @@ class Engine:
         self._bf16 = use_bf16(self.device, "auto")
         self._steppers: dict[bool, Stepper | CompiledStepper] = {}  # by: bf16 products
         self._rows: _Rows | None = None  # per-row settings, rebuilt when the rows change
+        self.counts = model.counts  # the n-gram model mixed in, if any
+        self.context: np.ndarray | None = None  # (N, order): each row's n-gram context
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -138,6 +140,13 @@ class Engine:
             by_prompt[tuple(sequence.prompt)].append(sequence)
         for prompt, group in by_prompt.items():
             logits, hidden = self._warm_up(list(prompt), len(group))
+            if self.counts is not None:
+                read = ngram.states_along(np.array([prompt]), self.counts.order)[:, -1]
+                context = np.repeat(read, len(group), axis=0)
+                logits = self._mixed(logits, context)
+                if self.sequences:
+                    context = np.concatenate([self.context, context])
+                self.context = context
             if self.sequences:
                 logits = torch.cat([self.logits, logits])
                 hidden = join_hidden([self.hidden, hidden])
@@ -159,6 +168,8 @@ class Engine:
             index = torch.tensor(rows, device=self.logits.device)
             self.logits = self.logits[index]
             self.hidden = select_hidden(self.hidden, index)
+            if self.context is not None:
+                self.context = self.context[rows]
 
     def _warm_up(self, prompt: list[int], rows: int, chunk: int = 1024):
         """The prompt run through the fused model, ``chunk`` tokens at a time so that a huge prompt
@@ -261,6 +272,7 @@ class Engine:
         left (``done``: the rows that finished, or None), then step the model."""
         if sources is None and done is None:
             self.logits, self.hidden = self._stepper(len(sequences))(tokens, self.hidden)
+            self._read(None, tokens)
             return
         kept = np.arange(len(sequences))
         if done is not None:
@@ -268,12 +280,31 @@ class Engine:
         self._state = state.take(kept)
         self._rows = None
         if len(kept) == 0:
-            self.logits = self.hidden = None
+            self.logits = self.hidden = self.context = None
             return
         index = torch.from_numpy(kept).to(self.logits.device)
         origin = sources[index] if sources is not None else index
         hidden = select_hidden(self.hidden, origin)
         self.logits, self.hidden = self._stepper(len(kept))(tokens[index], hidden)
+        self._read(origin.cpu().numpy(), tokens[index])
+
+    def _read(self, origin: np.ndarray | None, tokens: torch.Tensor) -> None:
+        """Where the model mixes in counts: carry each row's context on by its token (from row
+        ``origin`` of the rows before, where rows moved) and mix the new logits."""
+        if self.counts is None:
+            return
+        context = self.context if origin is None else self.context[origin]
+        self.context = ngram.advance(context, tokens.cpu().numpy())
+        self.logits = self._mixed(self.logits, self.context)
+
+    def _mixed(self, logits: torch.Tensor, context: np.ndarray) -> torch.Tensor:
+        """The mixture's log-probabilities in place of the network's ``logits``; <unk> stays
+        impossible, the counts' share of it spread over the other tokens."""
+        counted = self.counts.distribution(context)
+        counted[:, UNK_ID] = 0.0
+        counted /= counted.sum(axis=1, keepdims=True)
+        weight = float(self.model.ngram_weight)
+        return ngram.mixed_log_probs(torch.log_softmax(logits.float(), -1), counted, weight)
 
     def _stepper(self, rows: int) -> Stepper | CompiledStepper:
         """torch's bf16 products for many rows where the hardware has them; else the compiled

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from chargen.metrics import Score
+from chargen.model import ngram
 from chargen.model.rnn import RNNLanguageModel
 from chargen.text.tokenizer import Tokenizer
 
@@ -54,13 +55,22 @@ def score_texts(
         mask = torch.arange(1, width)[None, :] < lengths[:, None]  # (B, L-1): real targets
         nats = torch.zeros(len(rows), dtype=torch.float64)
         hidden = model.init_hidden(len(rows))
+        counts = model.counts
+        if counts is not None:  # each position's n-gram context, read from the text's start
+            contexts = ngram.states_along(padded.numpy(), counts.order)  # (B, L, order)
+            weight = float(model.ngram_weight)
         for begin in range(0, width - 1, window):
             x = padded[:, begin : begin + window].to(device)  # (B, T)
             y = padded[:, begin + 1 : begin + window + 1].to(device)  # (B, T)
             x = x[:, : y.shape[1]]
             logits, hidden = model(x, hidden)
             loss = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
-            nats += (loss.cpu() * mask[:, begin : begin + y.shape[1]]).sum(dim=1).double()
+            loss = loss.cpu().double()
+            if counts is not None:
+                at = contexts[:, begin : begin + y.shape[1]].reshape(-1, counts.order)
+                counted = counts.probability(at, y.cpu().numpy().ravel()).reshape(loss.shape)
+                loss = torch.from_numpy(ngram.mixed_nats(loss.numpy(), counted, weight))
+            nats += (loss * mask[:, begin : begin + y.shape[1]]).sum(dim=1)
         for r, i in enumerate(rows):
             predicted = int(lengths[r]) - 1
             chars = len(texts[i]) if start is not None else max(len(texts[i]) - 1, 0)

@@ -19,6 +19,7 @@ from chargen.config import CELLS, ModelConfig
 from chargen.errors import UsageError
 from chargen.model import amx, window
 from chargen.model.lnlstm import LayerNormLSTM
+from chargen.model.ngram import NGram
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -85,6 +86,12 @@ class RNNLanguageModel(nn.Module):
             # "Using the Output Embedding to Improve Language Models"; Inan et al. 2017).
             self.head.weight = self.embedding.weight
         self._init_weights()
+        # The n-gram model mixed in (``chargen.model.ngram``): its counts are attached after
+        # building (``counts``), its share beside the network's is fitted and saved with the
+        # weights; 1.0, the network alone, until an evaluation fits it.
+        self.counts: NGram | None = None
+        if config.ngram:
+            self.register_buffer("ngram_weight", torch.tensor(1.0))
 
     def _init_weights(self) -> None:
         if self.config.cell in LSTMS:
@@ -167,6 +174,8 @@ class RNNLanguageModel(nn.Module):
                 shapes[f"rnn.bias_hh_l{k}"] = (gates,)
         shapes["head.weight"] = (vocab, hidden)
         shapes["head.bias"] = (vocab,)
+        if config.ngram:
+            shapes["ngram_weight"] = ()
         return shapes
 
     def undecayed_parameters(self) -> list[nn.Parameter]:

@@ -23,6 +23,7 @@ import torch
 from chargen.config import (
     LEVEL_CELL,
     LEVEL_EMBEDDING,
+    LEVEL_NGRAM,
     LEVEL_TRAINING,
     ModelConfig,
     TrainConfig,
@@ -35,6 +36,7 @@ from chargen.errors import CorpusError, UsageError
 from chargen.metrics import Score
 from chargen.model import window
 from chargen.model.device import pick_device, set_threads, use_bf16
+from chargen.model.ngram import NGram
 from chargen.model.rnn import LSTMS, RNNLanguageModel
 from chargen.runs import store
 from chargen.text import corpus as corpus_module
@@ -213,14 +215,7 @@ def start_training(
         raise UsageError("missing CORPUS: the text to train on")
     train_config.validate()
     if run is None:  # before the corpus is read, so a bad combination fails at once
-        # the cap in use goes into run.json (older versions read a saved null as damage), and
-        # the level's own settings where none was given
-        level = LEVEL_TRAINING.get(train_config.level, {})
-        chosen = {field: value for field, value in level.items() if field not in (given or {})}
-        train_config = replace(train_config, vocab_size=train_config.vocabulary_cap, **chosen)
-        device = pick_device(train_config.device)
-        model_config = _widths(model_config, given or {}, device, train_config)
-        model_config = _cell(model_config, given or {}, device, train_config)
+        model_config, train_config = _new_run_configs(model_config, train_config, given or {})
     model_config.validate()
 
     device, world = _hardware(train_config)
@@ -248,6 +243,22 @@ def start_training(
     except BaseException:
         trainer.close()  # its worker threads; a session closes them after training
         raise
+
+
+def _new_run_configs(
+    model_config: ModelConfig, train_config: TrainConfig, given: dict[str, Any]
+) -> tuple[ModelConfig, TrainConfig]:
+    """A new run's settings where none was given: the level's own, and the hardware's. The
+    vocabulary cap in use goes into run.json (older versions read a saved null as damage)."""
+    level = LEVEL_TRAINING.get(train_config.level, {})
+    chosen = {field: value for field, value in level.items() if field not in given}
+    train_config = replace(train_config, vocab_size=train_config.vocabulary_cap, **chosen)
+    device = pick_device(train_config.device)
+    model_config = _widths(model_config, given, device, train_config)
+    model_config = _cell(model_config, given, device, train_config)
+    if "ngram" not in given:
+        model_config = replace(model_config, ngram=LEVEL_NGRAM.get(train_config.level, 0))
+    return model_config, train_config
 
 
 def _cpu_float32(device: torch.device, train: TrainConfig) -> bool:
@@ -431,6 +442,8 @@ def _make_trainer(corpus, tokenizer, arrays, model_config, train_config, device,
             "no merges, as --level char would"
         )
     model = RNNLanguageModel(model_config)
+    if model_config.ngram:
+        model.counts = NGram.build(arrays.train, model_config.vocab_size, model_config.ngram)
     bf16 = use_bf16(device, train_config.precision)
     return Trainer(model, batches, val, train_config, device, bf16, world=world), warnings
 
@@ -442,6 +455,8 @@ def _open_run(run, root, name, corpus, tokenizer, arrays, trainer, world, warnin
     if run is not None:  # resuming
         lock = store.lock_run(run.path) if world.is_main else None
         store.restore_trainer(run, trainer)
+        if world.is_main and trainer.model.counts is not None:
+            store.save_counts(run, trainer.model.counts)  # from the corpus as it is now
         if run.info.get("corpus_sha256") not in (None, digest):
             named = " ".join(str(s) for s in corpus)
             warnings.append(
@@ -464,6 +479,7 @@ def _open_run(run, root, name, corpus, tokenizer, arrays, trainer, world, warnin
         _corpus_info(corpus, arrays)["corpus"],
         model.num_parameters(),
         force=force,
+        counts=model.counts,
     )
     lock = store.lock_run(run.path)
     store.update_info(run, **_corpus_info(corpus, arrays))

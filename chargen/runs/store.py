@@ -46,6 +46,7 @@ from chargen.files import (
     staged_directory,
     write_atomic,
 )
+from chargen.model.ngram import NGram
 from chargen.model.rnn import RNNLanguageModel
 from chargen.runs import schema
 from chargen.text.tokenizer import Tokenizer
@@ -61,6 +62,7 @@ TOKENIZER_FILE = "tokenizer.json"
 BEST_FILE = "best.safetensors"
 LAST_FILE = "last.safetensors"
 METRICS_FILE = "metrics.jsonl"
+COUNTS_FILE = "counts.npz"  # the n-gram model mixed in (``--ngram``), when the run has one
 WEIGHTS = ("best", "last")
 
 _NAME = re.compile(r"^\w[\w.-]{0,99}$")  # \w: letters and digits of any script, and _
@@ -311,8 +313,10 @@ def create_run(
     corpus: str,
     parameters: int,
     force: bool = False,
+    counts: NGram | None = None,
 ) -> Run:
-    """Make the directory of a new run with its ``run.json`` and ``tokenizer.json``."""
+    """Make the directory of a new run with its ``run.json``, ``tokenizer.json`` and the
+    ``counts`` its model mixes in, if any."""
     path = run_path(root, name)
     if root.is_dir():
         clean_leftovers(root)
@@ -346,6 +350,8 @@ def create_run(
     # Built in a hidden folder and renamed into place: a crash never leaves a half-made run.
     with staged_directory(path) as staging:
         write_atomic(staging / TOKENIZER_FILE, tokenizer.to_json().encode())
+        if counts is not None:
+            counts.save(staging / COUNTS_FILE)
         _write_json(staging / RUN_FILE, info)
     return Run(path, info)
 
@@ -395,6 +401,11 @@ def save_last(run: Run, trainer: Trainer, status: str) -> None:
         resumable=True,
         train=to_dict(trainer.config),
     )
+
+
+def save_counts(run: Run, counts: NGram) -> None:
+    """The counts a resumed run rebuilt from its corpus, in place of the saved ones."""
+    counts.save(run.file(COUNTS_FILE))
 
 
 def update_info(run: Run, **changes: Any) -> None:
@@ -516,6 +527,9 @@ def load_model(
     tensors, _ = _read_tensors(run, weights_path(run, weights))
     model = RNNLanguageModel(run.model_config)  # only now: the weights fit its shapes
     _load_weights(model, tensors)
+    if model.config.ngram:
+        config = model.config
+        model.counts = NGram.load(run.file(COUNTS_FILE), config.vocab_size, config.ngram)
     return model.to(device).eval(), tokenizer
 
 

@@ -3,7 +3,9 @@
 Validation during training and ``chargen eval`` both come here. The text is laid out as parallel
 streams (``chargen.text.batches.eval_layout``), each scored from a zero state and carried across
 windows; worker threads and data-parallel processes share the streams, and their sums add up to
-one ``Score``. Nothing here changes the model's weights.
+one ``Score``. Nothing here changes the model's weights; with ``fit``, an evaluation of a model
+that mixes in n-gram counts (``chargen.model.ngram``) sets the counts' share to the one that
+scored best.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from chargen.metrics import Score
+from chargen.model import ngram
 from chargen.model.device import autocast
 from chargen.model.rnn import RNNLanguageModel
 from chargen.text.batches import IGNORE, Stream, eval_layout, forget, window_tensor
@@ -34,15 +37,21 @@ def evaluate(
     window: int = 256,
     world: World = SINGLE,
     workers: Workers = CALLING_THREAD,
+    fit: bool = False,
 ) -> Score:
     """Mean loss of ``model`` over every prediction of ``stream``, carrying state across windows.
 
     In a distributed run each process scores every ``world.size``-th stream and the sums are
     added up, so every process gets the same result; within a process ``workers`` share the
-    streams."""
+    streams. A model with counts is scored as its mixture; with ``fit``, at each share in
+    ``ngram.WEIGHTS``, and the best share is kept in ``model.ngram_weight``."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    if model.counts is None:
+        weights = np.ones(1)
+    else:
+        weights = ngram.WEIGHTS if fit else np.array([float(model.ngram_weight)])
+    total, count = np.zeros(len(weights)), 0
     for all_inputs, all_targets in eval_layout(stream.ids, starts=stream.starts):
         inputs, targets = (
             all_inputs[world.rank :: world.size],
@@ -50,13 +59,18 @@ def evaluate(
         )
         if len(inputs) == 0:
             continue
-        score = functools.partial(_score_streams, model, inputs, targets, device, bf16, window)
+        score = functools.partial(
+            _score_streams, model, inputs, targets, device, bf16, window, weights
+        )
         for part_total, part_count in workers.map(score, len(inputs)):
             total += part_total
             count += part_count
     model.train(was_training)
-    total, count = sum_all([total, float(count)], world)
-    return Score(total, int(count), stream.chars if count else 0)
+    *total, count = sum_all([*total.tolist(), float(count)], world)
+    best = int(np.argmin(total))
+    if fit and model.counts is not None:
+        model.ngram_weight.fill_(float(weights[best]))
+    return Score(total[best], int(count), stream.chars if count else 0)
 
 
 @torch.inference_mode()  # per thread: each worker enters it itself
@@ -67,12 +81,16 @@ def _score_streams(
     device: torch.device,
     bf16: bool,
     window: int,
+    weights: np.ndarray,
     rows: slice,
-) -> tuple[float, int]:
-    """Summed loss and count of the scored targets of streams ``rows`` of ``inputs`` (B, L)."""
+) -> tuple[np.ndarray, int]:
+    """Summed loss (at each of the counts' ``weights``, where the model has counts) and count
+    of the scored targets of streams ``rows`` of ``inputs`` (B, L)."""
     inputs, targets = inputs[rows], targets[rows]
-    total, count = 0.0, 0
+    total, count = np.zeros(len(weights)), 0
     hidden = model.init_hidden(inputs.shape[0])
+    counts = model.counts
+    context = ngram.start(inputs.shape[0], counts.order) if counts is not None else None
     for number, start in enumerate(range(0, inputs.shape[1], window)):
         x = window_tensor(inputs, start, window).to(device)  # (B, T)
         y = window_tensor(targets, start, window).to(device)  # (B, T)
@@ -80,8 +98,19 @@ def _score_streams(
             forget(inputs)  # a memory-mapped text of any size: resident memory stays flat
         with autocast(device, bf16):
             logits, hidden = model(x, hidden)
-        total += F.cross_entropy(
-            logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=IGNORE
-        ).item()
-        count += int((y != IGNORE).sum())
+        losses = F.cross_entropy(
+            logits.float().flatten(0, 1), y.flatten(), reduction="none", ignore_index=IGNORE
+        )
+        scored = (y != IGNORE).flatten()
+        if counts is None:
+            total += float(losses.sum())
+        else:
+            states = ngram.states_along(x.cpu().numpy(), counts.order, before=context)
+            context = states[:, -1]
+            kept = scored.cpu().numpy()
+            counted = counts.probability(
+                states.reshape(-1, counts.order)[kept], y.flatten().cpu().numpy()[kept]
+            )
+            total += ngram.mixture_nats(losses.double().cpu().numpy()[kept], counted, weights)
+        count += int(scored.sum())
     return total, count

@@ -316,7 +316,13 @@ class Trainer:
             # at one thread count always: evaluation's sums (other shapes than training's) are
             # not probed, and its loss chooses the best weights
             result = evaluate(
-                self.model, self.val, self.device, self.bf16, world=self.world, workers=self.workers
+                self.model,
+                self.val,
+                self.device,
+                self.bf16,
+                world=self.world,
+                workers=self.workers,
+                fit=True,
             )
         state = self.state
         state.val_loss, state.val_bpc = result.nats_per_token, result.bits_per_char

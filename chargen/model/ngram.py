@@ -1,0 +1,277 @@
+"""Counts beside the network: an n-gram model of the training tokens, mixed with the RNN's
+distribution (``--ngram``).
+
+A model with ``ngram`` > 0 predicts ``w * p_rnn + (1 - w) * p_counts``, where ``p_counts`` is an
+interpolated Kneser-Ney model (Chen and Goodman 1998) of order ``ngram`` over the training split's
+tokens and ``w`` is fitted on the validation split at every evaluation (``fit_weight``), so a
+mixture is never scored worse than the network alone. The counts are exact about rare contexts
+(a name, a stage direction seen twice) where two minutes of training leave the network vague,
+and the network generalises where the counts have nothing; the mixture is better than either
+(docs/experiments.md, 2026-12-08, later: tinyshakespeare, 120 s, 0.05 – 0.07 nats/char).
+
+Contexts are hashed, not stored: a context of ``m`` tokens is a 64-bit hash rolled token by
+token (``advance``), so a state of ``order`` hashes a row carries everything the model needs to
+look its next token up, in the training loop's evaluation and in the generation engine alike.
+Positions before a text's start are padding, whose contexts were never counted: the model backs
+off to the contexts it has, as at the start of a stream.
+
+Each order ``k`` keeps its contexts of ``k - 1`` tokens sorted, and beside them (in compressed
+sparse rows) the tokens that followed each with their counts: raw counts at the highest order,
+at lower orders the number of distinct tokens seen before the ``k``-gram (the continuation
+counts that make Kneser-Ney's lower orders good at backing off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chargen.errors import CheckpointError
+from chargen.files import atomic_path
+
+SEED = np.uint64(0x243F6A8885A308D3)
+"""The hash of the empty context."""
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+PAD = -1
+"""The token before a text's start: its contexts are never counted, so lookups back off."""
+
+MAX_TOKENS = 8_000_000
+"""Training tokens counted at most (the first ones): the tables take about 30 bytes a token."""
+
+WEIGHTS = np.round(np.arange(0.5, 1.0001, 0.025), 3)
+"""The network's shares of the mixture that a fit tries; 1.0 is the network alone. The network
+keeps at least half: fitted shares were 0.6 - 0.675 on real text, and a validation text that
+repeats the training text would otherwise hand all of it to the counts, which only copy."""
+
+
+def mixed_nats(network_nats, counted, weight):
+    """The mixture's loss in nats of predictions whose loss under the network is
+    ``network_nats`` and whose probability under the counts is ``counted`` (arrays that
+    broadcast), at the network's share ``weight``."""
+    return -np.log(weight * np.exp(-network_nats) + (1 - weight) * counted)
+
+
+def mixture_nats(network_nats: np.ndarray, counted: np.ndarray, weights: np.ndarray):
+    """The summed loss in nats of the predictions at each network share in ``weights``."""
+    return mixed_nats(network_nats[None], counted[None], weights[:, None]).sum(axis=1)
+
+
+def mixed_log_probs(log_probs: torch.Tensor, counted: np.ndarray, weight: float) -> torch.Tensor:
+    """The mixture's log-probabilities (N, V) from the network's (N, V) and the counts'
+    distribution (N, V)."""
+    counted = torch.from_numpy(counted).to(log_probs.device, log_probs.dtype)
+    return torch.log(weight * log_probs.exp() + (1 - weight) * counted)
+
+
+def _mix(hashes: np.ndarray, tokens: np.ndarray | int) -> np.ndarray:
+    """The hashes of contexts ``hashes`` each extended by one token."""
+    with np.errstate(over="ignore"):
+        h = (hashes ^ (np.asarray(tokens, dtype=np.int64) + 2).astype(np.uint64)) * _MULTIPLIER
+        return h ^ (h >> np.uint64(29))
+
+
+def start(rows: int, order: int) -> np.ndarray:
+    """The context state (rows, order) of rows with nothing read yet: column ``m`` is the hash of
+    the last ``m`` tokens, here all padding."""
+    state = np.empty((rows, order), dtype=np.uint64)
+    state[:, 0] = SEED
+    for m in range(1, order):
+        state[:, m] = _mix(state[:, m - 1], PAD)
+    return state
+
+
+def advance(state: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """The context state after each row reads its token."""
+    new = np.empty_like(state)
+    new[:, 0] = SEED
+    new[:, 1:] = _mix(state[:, :-1], np.asarray(tokens)[:, None])
+    return new
+
+
+def states_along(ids: np.ndarray, order: int, before: np.ndarray | None = None) -> np.ndarray:
+    """The context state after each token of each row of ``ids`` (B, T): (B, T, order).
+    ``before`` (B, order) is the state before the first column (default: nothing read)."""
+    rows, steps = ids.shape
+    state = start(rows, order) if before is None else before
+    out = np.empty((rows, steps, order), dtype=np.uint64)
+    out[:, :, 0] = SEED
+    for m in range(1, order):
+        previous = np.concatenate([state[:, None, m - 1], out[:, :-1, m - 1]], axis=1)
+        out[:, :, m] = _mix(previous, ids)
+    return out
+
+
+@dataclass
+class _Order:
+    contexts: np.ndarray  # uint64 (C,): sorted context hashes
+    starts: np.ndarray  # int64 (C + 1,): each context's entries
+    pairs: np.ndarray  # int64 (E,): context index * vocab + token, sorted
+    counts: np.ndarray  # int32 (E,)
+    discount: float
+
+    def __post_init__(self) -> None:
+        counts = self.counts.astype(np.float64)
+        self.totals = np.add.reduceat(counts, self.starts[:-1]) if len(counts) else counts
+        self.types = np.diff(self.starts).astype(np.float64)
+
+    def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each hash's context index (clipped) and whether the context was seen."""
+        if len(self.contexts) == 0:
+            return np.zeros(len(hashes), dtype=np.int64), np.zeros(len(hashes), dtype=bool)
+        index = np.minimum(np.searchsorted(self.contexts, hashes), len(self.contexts) - 1)
+        return index, self.contexts[index] == hashes
+
+
+class NGram:
+    """An interpolated Kneser-Ney model of ``order`` over ``vocab`` token ids."""
+
+    def __init__(self, vocab: int, orders: list[_Order]):
+        self.vocab = vocab
+        self.orders = orders
+
+    @property
+    def order(self) -> int:
+        return len(self.orders)
+
+    @classmethod
+    def build(cls, ids: np.ndarray, vocab: int, order: int) -> NGram:
+        """Count the first ``MAX_TOKENS`` of ``ids`` (training tokens, as one text)."""
+        x = np.asarray(ids[:MAX_TOKENS], dtype=np.int64)
+        n = len(x)
+        context = np.full(n, SEED, dtype=np.uint64)  # hash of the k - 1 tokens before each
+        orders = []
+        for k in range(1, order + 1):
+            longer = np.empty(n, dtype=np.uint64)  # hash of the k tokens before each
+            longer[0] = start(1, k + 1)[0, k]
+            longer[1:] = _mix(context[:-1], x[:-1])
+            if k == order:
+                positions = np.arange(k - 1, n)
+            else:  # one position for each distinct (k + 1)-gram: continuation counts
+                grams = _mix(longer[k:], x[k:])
+                positions = k + np.unique(grams, return_index=True)[1]
+            orders.append(_count(context[positions], x[positions], vocab))
+            context = longer
+        return cls(vocab, orders)
+
+    def probability(self, states: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """p(target) after each context state: ``states`` (N, order), ``targets`` (N,)."""
+        targets = np.asarray(targets, dtype=np.int64)
+        p = np.full(len(targets), 1.0 / self.vocab)
+        for k, table in enumerate(self.orders):
+            index, seen = table.find(states[:, k])
+            if not seen.any():
+                continue
+            keys = index * self.vocab + targets
+            entry = np.minimum(np.searchsorted(table.pairs, keys), max(len(table.pairs) - 1, 0))
+            count = np.where(table.pairs[entry] == keys, table.counts[entry], 0)
+            total, d = table.totals[index], table.discount
+            mixed = np.maximum(count - d, 0) / total + d * table.types[index] / total * p
+            p = np.where(seen, mixed, p)
+        return p
+
+    def distribution(self, states: np.ndarray) -> np.ndarray:
+        """The next token's distribution (N, vocab) after each context state (N, order)."""
+        rows = len(states)
+        p = np.full((rows, self.vocab), 1.0 / self.vocab)
+        for k, table in enumerate(self.orders):
+            index, seen = table.find(states[:, k])
+            found = np.flatnonzero(seen)
+            if len(found) == 0:
+                continue
+            first, last = table.starts[index[found]], table.starts[index[found] + 1]
+            lengths = last - first
+            owner = np.repeat(np.arange(len(found)), lengths)
+            entry = np.repeat(first - np.cumsum(lengths) + lengths, lengths) + np.arange(
+                lengths.sum()
+            )
+            counts = np.zeros((len(found), self.vocab))
+            counts[owner, table.pairs[entry] % self.vocab] = table.counts[entry]
+            total = table.totals[index[found]][:, None]
+            d = table.discount
+            backoff = d * table.types[index[found]][:, None] / total
+            p[found] = np.maximum(counts - d, 0) / total + backoff * p[found]
+        return p
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, path: Path) -> None:
+        """The tables in a numpy archive (no pickles): each context's hash and number of
+        entries, each entry's token and count, in the narrowest integers that hold them."""
+        arrays = {"vocab": np.array([self.vocab])}
+        for k, table in enumerate(self.orders):
+            lengths = np.diff(table.starts)
+            arrays |= {
+                f"contexts{k}": table.contexts,
+                f"lengths{k}": _narrow(lengths),
+                f"tokens{k}": _narrow(table.pairs % self.vocab if len(lengths) else lengths),
+                f"counts{k}": _narrow(table.counts),
+                f"discount{k}": np.array([table.discount]),
+            }
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+            np.savez(out, **arrays)
+
+    @classmethod
+    def load(cls, path: Path, vocab: int, order: int) -> NGram:
+        """The counts saved at ``path`` for a model of ``vocab`` tokens and ``order``."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if int(data["vocab"][0]) != vocab:
+                    raise ValueError(f"counts of {int(data['vocab'][0])} tokens, not {vocab}")
+                orders = [_unpacked(data, k, vocab) for k in range(order)]
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing; the run's counts were removed") from None
+        except (OSError, KeyError, ValueError, IndexError, EOFError) as exc:
+            raise CheckpointError(f"{path}: not a readable counts file ({exc})") from None
+        return cls(vocab, orders)
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.min_scalar_type(int(values.max()) if len(values) else 0))
+
+
+def _unpacked(data, k: int, vocab: int) -> _Order:
+    contexts = data[f"contexts{k}"]
+    lengths = data[f"lengths{k}"].astype(np.int64)
+    tokens = data[f"tokens{k}"].astype(np.int64)
+    counts = data[f"counts{k}"].astype(np.int32)
+    if (
+        contexts.dtype != np.uint64
+        or len(lengths) != len(contexts)
+        or int(lengths.sum()) != len(tokens)
+        or len(tokens) != len(counts)
+        or (len(tokens) and int(tokens.max()) >= vocab)
+    ):
+        raise ValueError(f"order {k + 1}'s tables do not fit together")
+    owner = np.repeat(np.arange(len(contexts)), lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return _Order(contexts, starts, owner * vocab + tokens, counts, float(data[f"discount{k}"][0]))
+
+
+def _count(contexts: np.ndarray, tokens: np.ndarray, vocab: int) -> _Order:
+    """One order's table from the (context, token) pair of every counted position."""
+    if len(tokens) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return _Order(empty.astype(np.uint64), np.zeros(1, np.int64), empty, empty, 0.5)
+    order = np.lexsort((tokens, contexts))
+    contexts, tokens = contexts[order], tokens[order]
+    new_pair = np.ones(len(tokens), dtype=bool)
+    new_pair[1:] = (contexts[1:] != contexts[:-1]) | (tokens[1:] != tokens[:-1])
+    firsts = np.flatnonzero(new_pair)
+    counts = np.diff(np.append(firsts, len(tokens))).astype(np.int32)
+    pair_contexts, pair_tokens = contexts[firsts], tokens[firsts]
+    new_context = np.ones(len(firsts), dtype=bool)
+    new_context[1:] = pair_contexts[1:] != pair_contexts[:-1]
+    context_firsts = np.flatnonzero(new_context)
+    owner = np.cumsum(new_context) - 1  # each pair's context index
+    ones, twos = np.count_nonzero(counts == 1), np.count_nonzero(counts == 2)
+    discount = ones / (ones + 2 * twos) if ones + twos else 0.5
+    return _Order(
+        pair_contexts[context_firsts],
+        np.append(context_firsts, len(firsts)).astype(np.int64),
+        owner * vocab + pair_tokens,
+        counts,
+        float(np.clip(discount, 0.05, 0.95)),
+    )
