@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +42,13 @@ def reference(tokens: list[int], vocab: int, order: int, history: list[int], tar
 
 
 texts = st.lists(st.integers(0, 3), min_size=1, max_size=50)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    """A monkeypatch that hypothesis's repeated examples may share (undone at each use)."""
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
 
 
 @settings(max_examples=60, deadline=None)
@@ -128,3 +136,27 @@ def test_mixture_loss_is_the_weighted_probability():
         want = -np.log(weight * np.exp(-network) + (1 - weight) * counted).sum()
         assert total == pytest.approx(want)
     assert sums[-1] == pytest.approx(network.sum())
+
+
+@settings(max_examples=30, deadline=None)
+@given(tokens=texts, query=texts, order=st.integers(1, 5), weight=st.floats(0.5, 1.0))
+def test_the_compiled_kernel_and_numpy_agree(tokens, query, order, weight, monkeypatch_module):
+    if ngram._kernel() is None:
+        pytest.skip("no C compiler: numpy alone")
+    model = NGram.build(np.array(tokens), 5, order)
+    states = ngram.states_along(np.array([query]), order)[0]
+    assert np.allclose(model.distribution(states), model._distribution(states), rtol=1e-12)
+    logits = torch.randn(len(query), 5)
+    logits[:, 0] = -torch.inf  # <unk>, as the engine's logits have it
+    before = ngram.as_tensor(ngram.start(len(query), order))
+    read = torch.tensor(query)
+    compiled_state = before.clone()
+    compiled = model.mixed(logits, compiled_state, weight, 0, read)
+    monkeypatch_module.setattr(ngram, "_kernel", lambda: None)
+    numpy_state = before.clone()
+    in_numpy = model.mixed(logits, numpy_state, weight, 0, read)
+    monkeypatch_module.undo()
+    assert torch.equal(compiled_state, numpy_state)
+    assert torch.allclose(compiled, in_numpy, atol=1e-5)
+    assert compiled[:, 0].eq(-torch.inf).all()
+    assert torch.allclose(compiled.exp().sum(1), torch.ones(len(query)), atol=1e-5)

@@ -119,7 +119,8 @@ class Engine:
         self._steppers: dict[bool, Stepper | CompiledStepper] = {}  # by: bf16 products
         self._rows: _Rows | None = None  # per-row settings, rebuilt when the rows change
         self.counts = model.counts  # the n-gram model mixed in, if any
-        self.context: np.ndarray | None = None  # (N, order): each row's n-gram context
+        self.context: torch.Tensor | None = None  # (N, order): each row's n-gram context
+        self._weight = float(model.ngram_weight) if self.counts is not None else 1.0
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -142,10 +143,10 @@ class Engine:
             logits, hidden = self._warm_up(list(prompt), len(group))
             if self.counts is not None:
                 read = ngram.states_along(np.array([prompt]), self.counts.order)[:, -1]
-                context = np.repeat(read, len(group), axis=0)
+                context = ngram.as_tensor(read).repeat(len(group), 1)
                 logits = self._mixed(logits, context)
                 if self.sequences:
-                    context = np.concatenate([self.context, context])
+                    context = torch.cat([self.context, context])
                 self.context = context
             if self.sequences:
                 logits = torch.cat([self.logits, logits])
@@ -169,7 +170,7 @@ class Engine:
             self.logits = self.logits[index]
             self.hidden = select_hidden(self.hidden, index)
             if self.context is not None:
-                self.context = self.context[rows]
+                self.context = self.context[rows]  # rows: a list, so a copy
 
     def _warm_up(self, prompt: list[int], rows: int, chunk: int = 1024):
         """The prompt run through the fused model, ``chunk`` tokens at a time so that a huge prompt
@@ -286,25 +287,23 @@ class Engine:
         origin = sources[index] if sources is not None else index
         hidden = select_hidden(self.hidden, origin)
         self.logits, self.hidden = self._stepper(len(kept))(tokens[index], hidden)
-        self._read(origin.cpu().numpy(), tokens[index])
+        self._read(origin.cpu(), tokens[index])
 
-    def _read(self, origin: np.ndarray | None, tokens: torch.Tensor) -> None:
+    def _read(self, origin: torch.Tensor | None, tokens: torch.Tensor) -> None:
         """Where the model mixes in counts: carry each row's context on by its token (from row
         ``origin`` of the rows before, where rows moved) and mix the new logits."""
         if self.counts is None:
             return
-        context = self.context if origin is None else self.context[origin]
-        self.context = ngram.advance(context, tokens.cpu().numpy())
-        self.logits = self._mixed(self.logits, self.context)
+        if origin is not None:
+            self.context = self.context[origin]  # a copy: rows may come twice (beams)
+        self.logits = self._mixed(self.logits, self.context, tokens)
 
-    def _mixed(self, logits: torch.Tensor, context: np.ndarray) -> torch.Tensor:
-        """The mixture's log-probabilities in place of the network's ``logits``; <unk> stays
-        impossible, the counts' share of it spread over the other tokens."""
-        counted = self.counts.distribution(context)
-        counted[:, UNK_ID] = 0.0
-        counted /= counted.sum(axis=1, keepdims=True)
-        weight = float(self.model.ngram_weight)
-        return ngram.mixed_log_probs(torch.log_softmax(logits.float(), -1), counted, weight)
+    def _mixed(self, logits: torch.Tensor, context: torch.Tensor, tokens=None) -> torch.Tensor:
+        """The mixture's log-probabilities in place of the network's ``logits`` (the rows'
+        ``context`` first reading ``tokens``, in place, where given); <unk> stays impossible,
+        the counts' share of it spread over the other tokens. The counts' share is the
+        model's when the engine was made: a trained model's does not change."""
+        return self.counts.mixed(logits, context, self._weight, UNK_ID, tokens)
 
     def _stepper(self, rows: int) -> Stepper | CompiledStepper:
         """torch's bf16 products for many rows where the hardware has them; else the compiled

@@ -23,6 +23,8 @@ counts that make Kneser-Ney's lower orders good at backing off).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,9 @@ import torch
 
 from chargen.errors import CheckpointError
 from chargen.files import atomic_path
+from chargen.model import native
+
+SOURCE = Path(__file__).with_name("ngram.c")
 
 SEED = np.uint64(0x243F6A8885A308D3)
 """The hash of the empty context."""
@@ -68,9 +73,8 @@ def mixed_log_probs(log_probs: torch.Tensor, counted: np.ndarray, weight: float)
 
 def _mix(hashes: np.ndarray, tokens: np.ndarray | int) -> np.ndarray:
     """The hashes of contexts ``hashes`` each extended by one token."""
-    with np.errstate(over="ignore"):
-        h = (hashes ^ (np.asarray(tokens, dtype=np.int64) + 2).astype(np.uint64)) * _MULTIPLIER
-        return h ^ (h >> np.uint64(29))
+    h = (hashes ^ (np.asarray(tokens, dtype=np.int64) + 2).astype(np.uint64)) * _MULTIPLIER
+    return h ^ (h >> np.uint64(29))  # uint64 arrays wrap around silently, as a hash needs
 
 
 def start(rows: int, order: int) -> np.ndarray:
@@ -89,6 +93,11 @@ def advance(state: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     new[:, 0] = SEED
     new[:, 1:] = _mix(state[:, :-1], np.asarray(tokens)[:, None])
     return new
+
+
+def as_tensor(states: np.ndarray) -> torch.Tensor:
+    """Context states as ``NGram.mixed`` takes them: the same bits, as int64, in a tensor."""
+    return torch.from_numpy(np.ascontiguousarray(states).view(np.int64))
 
 
 def states_along(ids: np.ndarray, order: int, before: np.ndarray | None = None) -> np.ndarray:
@@ -123,6 +132,91 @@ class _Order:
             return np.zeros(len(hashes), dtype=np.int64), np.zeros(len(hashes), dtype=bool)
         index = np.minimum(np.searchsorted(self.contexts, hashes), len(self.contexts) - 1)
         return index, self.contexts[index] == hashes
+
+
+@dataclass
+class _Merged:
+    """Every order's contexts in one sorted table (the orders' hashes differ), with what a
+    lookup needs beside each: its entries, and its back-off weight; each entry's token and
+    discounted share ``max(count - discount, 0) / total``."""
+
+    contexts: np.ndarray  # uint64 (C,)
+    starts: np.ndarray  # int64 (C,)
+    lengths: np.ndarray  # int64 (C,)
+    backoff: np.ndarray  # float64 (C,)
+    tokens: np.ndarray  # int64 (E,)
+    discounted: np.ndarray  # float64 (E,)
+    vocab: int
+
+    @property
+    def last(self) -> int:
+        return max(len(self.contexts) - 1, 0)
+
+    @classmethod
+    def of(cls, orders: list[_Order], vocab: int) -> _Merged:
+        offsets = np.cumsum([0] + [len(t.pairs) for t in orders])
+        contexts = np.concatenate([t.contexts for t in orders])
+        starts = np.concatenate([t.starts[:-1] + o for t, o in zip(orders, offsets, strict=False)])
+        lengths = np.concatenate([np.diff(t.starts) for t in orders])
+        backoff = np.concatenate([t.discount * t.types / t.totals for t in orders])
+        discounted = np.concatenate(
+            [
+                np.maximum(t.counts - t.discount, 0) / np.repeat(t.totals, np.diff(t.starts))
+                for t in orders
+            ]
+        )
+        tokens = np.concatenate([t.pairs % vocab for t in orders])
+        sort = np.argsort(contexts, kind="stable")
+        return cls(
+            contexts[sort], starts[sort], lengths[sort], backoff[sort], tokens, discounted, vocab
+        )
+
+    def __post_init__(self) -> None:
+        self.work = np.empty(self.vocab)  # the compiled mixture's scratch row
+        self.work_at = _at(self.work)
+        # the first context of each value of a hash's top ``bits`` bits, and the end
+        self.bits = max(1, int(len(self.contexts)).bit_length())
+        tops = np.arange(1 << self.bits, dtype=np.uint64) << np.uint64(64 - self.bits)
+        self.buckets = np.append(np.searchsorted(self.contexts, tops), len(self.contexts))
+        self.struct = _Tables(
+            _at(self.contexts),
+            len(self.contexts),
+            _at(self.buckets),
+            self.bits,
+            *(_at(a) for a in (self.starts, self.lengths, self.backoff)),
+            *(_at(a) for a in (self.tokens, self.discounted)),
+        )
+        self.tables = ctypes.byref(self.struct)
+
+
+class _Tables(ctypes.Structure):
+    """``_Merged``'s arrays as ngram.c reads them."""
+
+    _fields_ = [
+        ("contexts", ctypes.c_void_p),
+        ("size", ctypes.c_int64),
+        ("buckets", ctypes.c_void_p),
+        ("bits", ctypes.c_int64),
+        *((name, ctypes.c_void_p) for name in ("starts", "lengths", "backoff")),
+        *((name, ctypes.c_void_p) for name in ("tokens", "discounted")),
+    ]
+
+
+def _at(array: np.ndarray) -> int:
+    return array.ctypes.data
+
+
+@functools.cache
+def _kernel() -> ctypes.CDLL | None:
+    lib = native.load(SOURCE, ("-O2", "-shared", "-fPIC", "-lm"), ())
+    if lib is not None:
+        pointer, size, wide = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+        lib.ngram_distribution.argtypes = [pointer, size, size, pointer, size, pointer]
+        lib.ngram_mix.argtypes = [pointer, size, size, pointer, pointer, size, wide, pointer]
+        lib.ngram_mix.argtypes += [ctypes.c_double, size, pointer, pointer]
+        for function in (lib.ngram_distribution, lib.ngram_mix):
+            function.restype = None
+    return lib
 
 
 class NGram:
@@ -174,26 +268,92 @@ class NGram:
 
     def distribution(self, states: np.ndarray) -> np.ndarray:
         """The next token's distribution (N, vocab) after each context state (N, order)."""
-        rows = len(states)
-        p = np.full((rows, self.vocab), 1.0 / self.vocab)
-        for k, table in enumerate(self.orders):
-            index, seen = table.find(states[:, k])
-            found = np.flatnonzero(seen)
-            if len(found) == 0:
-                continue
-            first, last = table.starts[index[found]], table.starts[index[found] + 1]
-            lengths = last - first
-            owner = np.repeat(np.arange(len(found)), lengths)
-            entry = np.repeat(first - np.cumsum(lengths) + lengths, lengths) + np.arange(
-                lengths.sum()
-            )
-            counts = np.zeros((len(found), self.vocab))
-            counts[owner, table.pairs[entry] % self.vocab] = table.counts[entry]
-            total = table.totals[index[found]][:, None]
-            d = table.discount
-            backoff = d * table.types[index[found]][:, None] / total
-            p[found] = np.maximum(counts - d, 0) / total + backoff * p[found]
-        return p
+        lib, merged = _kernel(), self.merged
+        if lib is None:
+            return self._distribution(states)
+        states = np.ascontiguousarray(states, dtype=np.uint64)
+        out = np.empty((len(states), self.vocab))
+        lib.ngram_distribution(
+            merged.tables, len(states), states.shape[1], _at(states), self.vocab, _at(out)
+        )
+        return out
+
+    def mixed(
+        self,
+        logits: torch.Tensor,
+        states: torch.Tensor,
+        weight: float,
+        never: int,
+        tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The mixture's log-probabilities (N, vocab) from the network's ``logits`` (N, vocab)
+        and the rows' context ``states`` (N, order): the hashes' bits in an int64 tensor on the
+        CPU, rows side by side (``as_tensor``). Token ``never`` is taken out of the counts'
+        distribution (the rest scaled up), as the network's logits must already have it. With
+        ``tokens`` (N,), each row's state first reads its token, in place: one call a
+        generated token."""
+        lib, merged = _kernel(), self.merged
+        usable = logits.device.type == "cpu" and logits.dtype == torch.float32
+        if lib is None or not usable or logits.stride(-1) != 1:
+            hashes = states.numpy().view(np.uint64)
+            if tokens is not None:
+                hashes[:] = advance(hashes, tokens.cpu().numpy())
+            counted = self._distribution(hashes)
+            kept = 1.0 - counted[:, never]
+            counted[:, never] = 0.0
+            counted /= kept[:, None]
+            return mixed_log_probs(torch.log_softmax(logits.float(), -1), counted, weight)
+        if tokens is not None:
+            tokens = tokens.to("cpu", torch.int64)
+        out = torch.empty(logits.shape, dtype=torch.float32)
+        lib.ngram_mix(
+            merged.tables,
+            len(states),
+            states.shape[1],
+            states.data_ptr(),
+            None if tokens is None else tokens.data_ptr(),
+            self.vocab,
+            logits.stride(0),
+            logits.data_ptr(),
+            weight,
+            never,
+            merged.work_at,
+            out.data_ptr(),
+        )
+        return out
+
+    def _distribution(self, states: np.ndarray) -> np.ndarray:
+        """``distribution`` in numpy, where the compiled kernel is not built.
+
+        Unrolled, interpolated Kneser-Ney is a sum over the orders: each order's discounted
+        counts, times the back-off weights of every higher order, plus the uniform share that
+        backs off all the way. All orders are looked up at once in one merged table, so a step
+        of one sampled stream costs a few dozen array operations, not a few per order."""
+        merged = self.merged
+        rows, order = states.shape
+        if len(merged.contexts) == 0:  # nothing was counted
+            return np.full((rows, self.vocab), 1.0 / self.vocab)
+        index = np.minimum(np.searchsorted(merged.contexts, states.ravel()), merged.last)
+        seen = merged.contexts[index] == states.ravel()  # (N * order,)
+        found = np.flatnonzero(seen)
+        first, lengths = merged.starts[index[found]], merged.lengths[index[found]]
+        owner = np.repeat(found, lengths)
+        entry = np.repeat(first - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        shares = np.zeros((rows * order, self.vocab))  # each order's discounted counts
+        shares[owner, merged.tokens[entry]] = merged.discounted[entry]
+        backoff = np.ones(rows * order)
+        backoff[found] = merged.backoff[index[found]]
+        backoff = backoff.reshape(rows, order)
+        # the weight of each order's counts: the back-off weights of the orders above it
+        above = np.ones((rows, order))
+        above[:, :-1] = np.cumprod(backoff[:, :0:-1], axis=1)[:, ::-1]
+        p = np.einsum("ro,rov->rv", above, shares.reshape(rows, order, self.vocab))
+        return p + (above[:, 0] * backoff[:, 0] / self.vocab)[:, None]
+
+    @functools.cached_property
+    def merged(self) -> _Merged:
+        """All orders in one table, built when sampling first needs it."""
+        return _Merged.of(self.orders, self.vocab)
 
     # ------------------------------------------------------------------ saving
 

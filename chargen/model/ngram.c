@@ -1,0 +1,97 @@
+/* The n-gram model's distributions and their mixture with a network's logits, row by row: the
+ * generation engine's per-token work for a model with counts in one call instead of some
+ * thirty small array operations (chargen/model/ngram.py computes the same in numpy where this
+ * is not built, and says what the tables hold).
+ *
+ * The tables are every order's contexts in one sorted array of hashes; beside each context the
+ * first of its entries, how many there are and its back-off weight; beside each entry its token
+ * and its discounted share of the context's count.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#define MULTIPLIER 0x9E3779B97F4A7C15ull /* ngram.py's _MULTIPLIER */
+
+typedef struct {
+    const uint64_t *contexts;
+    int64_t size;
+    const int64_t *buckets; /* where the contexts of each value of a hash's top bits begin */
+    int64_t bits;
+    const int64_t *starts;
+    const int64_t *lengths;
+    const double *backoff;
+    const int64_t *tokens;
+    const double *discounted;
+} tables;
+
+/* The index of ``hash`` among the contexts, or -1 where it was never counted. Hashes are
+ * spread evenly, so a bucket holds about one context: two reads from memory, where a binary
+ * search over megabytes of hashes would miss the cache a dozen times. */
+static int64_t find(const tables *t, uint64_t hash)
+{
+    uint64_t bucket = hash >> (64 - t->bits);
+    for (int64_t i = t->buckets[bucket]; i < t->buckets[bucket + 1]; i++)
+        if (t->contexts[i] >= hash)
+            return t->contexts[i] == hash ? i : -1;
+    return -1;
+}
+
+/* p (V values): the counts' distribution after a context state of ``order`` hashes, from the
+ * lowest order up: each order found scales what the orders below gave by its back-off weight
+ * and adds its own discounted counts. */
+static void counted(const tables *t, const uint64_t *state, int order, int V, double *p)
+{
+    for (int v = 0; v < V; v++)
+        p[v] = 1.0 / V;
+    for (int k = 0; k < order; k++) {
+        int64_t i = find(t, state[k]);
+        if (i < 0)
+            continue;
+        double b = t->backoff[i];
+        for (int v = 0; v < V; v++)
+            p[v] *= b;
+        for (int64_t e = t->starts[i]; e < t->starts[i] + t->lengths[i]; e++)
+            p[t->tokens[e]] += t->discounted[e];
+    }
+}
+
+void ngram_distribution(const tables *t, int rows, int order, const uint64_t *states, int V,
+                        double *out)
+{
+    for (int r = 0; r < rows; r++)
+        counted(t, states + (int64_t)r * order, order, V, out + (int64_t)r * V);
+}
+
+/* Where ``tokens`` is not NULL, each row's context state first reads its token (in place; the
+ * hash ngram.py's ``advance`` computes). Then out[r] = log(weight * softmax(logits[r]) +
+ * (1 - weight) * counts[r]), where counts[r] is the counts' distribution with token ``never``
+ * taken out and the rest scaled up to sum to one. ``work`` holds V doubles. Logit rows are
+ * ``stride`` floats apart; out's rows are V apart. */
+void ngram_mix(const tables *t, int rows, int order, uint64_t *states, const int64_t *tokens,
+               int V, int64_t stride, const float *logits, double weight, int never,
+               double *work, float *out)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *row = logits + (int64_t)r * stride;
+        uint64_t *state = states + (int64_t)r * order;
+        if (tokens)
+            for (int m = order - 1; m > 0; m--) {
+                uint64_t h = (state[m - 1] ^ (uint64_t)(tokens[r] + 2)) * MULTIPLIER;
+                state[m] = h ^ (h >> 29);
+            }
+        counted(t, state, order, V, work);
+        double kept = 1.0 - work[never];
+        work[never] = 0.0;
+        double most = -INFINITY, sum = 0.0;
+        for (int v = 0; v < V; v++)
+            if (row[v] > most)
+                most = row[v];
+        for (int v = 0; v < V; v++)
+            sum += exp((double)row[v] - most);
+        float *mixed = out + (int64_t)r * V;
+        for (int v = 0; v < V; v++) {
+            double network = exp((double)row[v] - most) / sum;
+            mixed[v] = (float)log(weight * network + (1.0 - weight) * work[v] / kept);
+        }
+    }
+}
