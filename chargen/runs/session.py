@@ -442,10 +442,15 @@ def _make_trainer(corpus, tokenizer, arrays, model_config, train_config, device,
             "no merges, as --level char would"
         )
     model = RNNLanguageModel(model_config)
+    began = time.perf_counter()
     if model_config.ngram:
         model.counts = NGram.build(arrays.train, model_config.vocab_size, model_config.ngram)
     bf16 = use_bf16(device, train_config.precision)
-    return Trainer(model, batches, val, train_config, device, bf16, world=world), warnings
+    trainer = Trainer(model, batches, val, train_config, device, bf16, world=world)
+    # Counting is part of a new run's time: --time 120s is two minutes of counting and training
+    # (a resumed run restores its own time after this).
+    trainer.state.elapsed += time.perf_counter() - began
+    return trainer, warnings
 
 
 def _open_run(run, root, name, corpus, tokenizer, arrays, trainer, world, warnings, force):
