@@ -151,12 +151,22 @@ def test_the_compiled_kernel_and_numpy_agree(tokens, query, order, weight, monke
     before = ngram.as_tensor(ngram.start(len(query), order))
     read = torch.tensor(query)
     compiled_state = before.clone()
-    compiled = model.mixed(logits, compiled_state, weight, 0, read)
+    compiled = model.mixed(logits.clone(), compiled_state, weight, 0, read)
     monkeypatch_module.setattr(ngram, "_kernel", lambda: None)
     numpy_state = before.clone()
-    in_numpy = model.mixed(logits, numpy_state, weight, 0, read)
+    in_numpy = model.mixed(logits.clone(), numpy_state, weight, 0, read)
     monkeypatch_module.undo()
     assert torch.equal(compiled_state, numpy_state)
     assert torch.allclose(compiled, in_numpy, atol=1e-5)
     assert compiled[:, 0].eq(-torch.inf).all()
     assert torch.allclose(compiled.exp().sum(1), torch.ones(len(query)), atol=1e-5)
+
+
+def test_compressed_counts_are_refused_before_they_are_read(tmp_path):
+    """A hostile run folder's counts could unpack to far more memory than the file's size."""
+    path = tmp_path / "counts.npz"
+    model = NGram.build(np.array([1, 2, 3, 1, 2]), 5, 2)
+    model.save(path)
+    np.savez_compressed(path, **dict(np.load(path)))
+    with pytest.raises(CheckpointError, match="compressed arrays"):
+        NGram.load(path, 5, 2)

@@ -65,8 +65,8 @@ void ngram_distribution(const tables *t, int rows, int order, const uint64_t *st
 /* Where ``tokens`` is not NULL, each row's context state first reads its token (in place; the
  * hash ngram.py's ``advance`` computes). Then out[r] = log(weight * softmax(logits[r]) +
  * (1 - weight) * counts[r]), where counts[r] is the counts' distribution with token ``never``
- * taken out and the rest scaled up to sum to one. ``work`` holds V doubles. Logit rows are
- * ``stride`` floats apart; out's rows are V apart. */
+ * taken out and the rest scaled up to sum to one. ``work`` holds V doubles. Rows are
+ * ``stride`` floats apart, in ``logits`` and ``out`` alike; ``out`` may be ``logits``. */
 void ngram_mix(const tables *t, int rows, int order, uint64_t *states, const int64_t *tokens,
                int V, int64_t stride, const float *logits, double weight, int never,
                double *work, float *out)
@@ -88,7 +88,7 @@ void ngram_mix(const tables *t, int rows, int order, uint64_t *states, const int
                 most = row[v];
         for (int v = 0; v < V; v++)
             sum += exp((double)row[v] - most);
-        float *mixed = out + (int64_t)r * V;
+        float *mixed = out + (int64_t)r * stride;
         for (int v = 0; v < V; v++) {
             double network = exp((double)row[v] - most) / sum;
             mixed[v] = (float)log(weight * network + (1.0 - weight) * work[v] / kept);

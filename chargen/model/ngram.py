@@ -2,12 +2,13 @@
 distribution (``--ngram``).
 
 A model with ``ngram`` > 0 predicts ``w * p_rnn + (1 - w) * p_counts``, where ``p_counts`` is an
-interpolated Kneser-Ney model (Chen and Goodman 1998) of order ``ngram`` over the training split's
-tokens and ``w`` is fitted on the validation split at every evaluation (``fit_weight``), so a
-mixture is never scored worse than the network alone. The counts are exact about rare contexts
-(a name, a stage direction seen twice) where two minutes of training leave the network vague,
-and the network generalises where the counts have nothing; the mixture is better than either
-(docs/experiments.md, 2026-12-08, later: tinyshakespeare, 120 s, 0.05 – 0.07 nats/char).
+interpolated Kneser-Ney model (Chen and Goodman 1998) of order ``ngram`` over the training
+split's tokens and ``w`` is fitted on the validation split at every evaluation (``evaluate(...,
+fit=True)``), so the mixture never scores worse there than the network alone. The counts are
+exact about rare contexts (a name, a stage direction seen twice) where two minutes of training
+leave the network vague, and the network generalises where the counts have nothing; the mixture
+is better than either (docs/experiments.md, 2026-12-08, later: tinyshakespeare, 120 s, 0.06
+nats/char).
 
 Contexts are hashed, not stored: a context of ``m`` tokens is a 64-bit hash rolled token by
 token (``advance``), so a state of ``order`` hashes a row carries everything the model needs to
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +45,10 @@ _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 PAD = -1
 """The token before a text's start: its contexts are never counted, so lookups back off."""
 
-MAX_TOKENS = 8_000_000
-"""Training tokens counted at most (the first ones): the tables take about 30 bytes a token."""
+MAX_TOKENS = 2_000_000
+"""Training tokens counted at most (the first ones). At order 8 the saved tables take about 11
+bytes a token and a few times that in memory, and counting needs some 100 bytes a token at its
+peak: a big corpus's memory stays bounded, and its network has text enough to learn from."""
 
 WEIGHTS = np.round(np.arange(0.5, 1.0001, 0.025), 3)
 """The network's shares of the mixture that a fit tries; 1.0 is the network alone. The network
@@ -291,7 +295,8 @@ class NGram:
         CPU, rows side by side (``as_tensor``). Token ``never`` is taken out of the counts'
         distribution (the rest scaled up), as the network's logits must already have it. With
         ``tokens`` (N,), each row's state first reads its token, in place: one call a
-        generated token."""
+        generated token. Where the compiled kernel runs, the mixture is written over
+        ``logits``."""
         lib, merged = _kernel(), self.merged
         usable = logits.device.type == "cpu" and logits.dtype == torch.float32
         if lib is None or not usable or logits.stride(-1) != 1:
@@ -305,7 +310,6 @@ class NGram:
             return mixed_log_probs(torch.log_softmax(logits.float(), -1), counted, weight)
         if tokens is not None:
             tokens = tokens.to("cpu", torch.int64)
-        out = torch.empty(logits.shape, dtype=torch.float32)
         lib.ngram_mix(
             merged.tables,
             len(states),
@@ -318,9 +322,9 @@ class NGram:
             weight,
             never,
             merged.work_at,
-            out.data_ptr(),
+            logits.data_ptr(),
         )
-        return out
+        return logits
 
     def _distribution(self, states: np.ndarray) -> np.ndarray:
         """``distribution`` in numpy, where the compiled kernel is not built.
@@ -375,15 +379,20 @@ class NGram:
 
     @classmethod
     def load(cls, path: Path, vocab: int, order: int) -> NGram:
-        """The counts saved at ``path`` for a model of ``vocab`` tokens and ``order``."""
+        """The counts saved at ``path`` for a model of ``vocab`` tokens and ``order``. Read
+        without pickles, and only from an archive whose arrays are stored uncompressed, so that
+        the file's size bounds the memory its arrays take (a shared run may be hostile)."""
         try:
+            with zipfile.ZipFile(path) as archive:
+                if any(i.compress_type != zipfile.ZIP_STORED for i in archive.infolist()):
+                    raise ValueError("compressed arrays (chargen saves them uncompressed)")
             with np.load(path, allow_pickle=False) as data:
                 if int(data["vocab"][0]) != vocab:
                     raise ValueError(f"counts of {int(data['vocab'][0])} tokens, not {vocab}")
                 orders = [_unpacked(data, k, vocab) for k in range(order)]
         except FileNotFoundError:
             raise CheckpointError(f"{path}: missing; the run's counts were removed") from None
-        except (OSError, KeyError, ValueError, IndexError, EOFError) as exc:
+        except (OSError, KeyError, ValueError, IndexError, EOFError, zipfile.BadZipFile) as exc:
             raise CheckpointError(f"{path}: not a readable counts file ({exc})") from None
         return cls(vocab, orders)
 
