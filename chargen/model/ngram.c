@@ -36,15 +36,36 @@ static int64_t find(const tables *t, uint64_t hash)
     return -1;
 }
 
+#define MAX_ORDER 64 /* above config.MAX_NGRAM */
+
 /* p (V values): the counts' distribution after a context state of ``order`` hashes, from the
  * lowest order up: each order found scales what the orders below gave by its back-off weight
- * and adds its own discounted counts. */
+ * and adds its own discounted counts. Every order is looked up before any is used, so that
+ * the reads from memory (tables of many megabytes: most miss the cache) overlap instead of
+ * waiting for one another. */
 static void counted(const tables *t, const uint64_t *state, int order, int V, double *p)
 {
+    int64_t found[MAX_ORDER];
+    for (int k = 0; k < order; k++) {
+        __builtin_prefetch(t->buckets + (state[k] >> (64 - t->bits)));
+    }
+    for (int k = 0; k < order; k++) {
+        found[k] = find(t, state[k]);
+        if (found[k] >= 0) {
+            __builtin_prefetch(t->starts + found[k]);
+            __builtin_prefetch(t->lengths + found[k]);
+            __builtin_prefetch(t->backoff + found[k]);
+        }
+    }
+    for (int k = 0; k < order; k++)
+        if (found[k] >= 0) {
+            __builtin_prefetch(t->tokens + t->starts[found[k]]);
+            __builtin_prefetch(t->discounted + t->starts[found[k]]);
+        }
     for (int v = 0; v < V; v++)
         p[v] = 1.0 / V;
     for (int k = 0; k < order; k++) {
-        int64_t i = find(t, state[k]);
+        int64_t i = found[k];
         if (i < 0)
             continue;
         double b = t->backoff[i];
@@ -82,16 +103,18 @@ void ngram_mix(const tables *t, int rows, int order, uint64_t *states, const int
         counted(t, state, order, V, work);
         double kept = 1.0 - work[never];
         work[never] = 0.0;
-        double most = -INFINITY, sum = 0.0;
+        float most = -INFINITY;
         for (int v = 0; v < V; v++)
-            if (row[v] > most)
-                most = row[v];
-        for (int v = 0; v < V; v++)
-            sum += exp((double)row[v] - most);
+            most = fmaxf(most, row[v]);
+        /* the network's exponentials go where the mixture will be (row may be out) */
         float *mixed = out + (int64_t)r * stride;
+        double sum = 0.0;
         for (int v = 0; v < V; v++) {
-            double network = exp((double)row[v] - most) / sum;
-            mixed[v] = (float)log(weight * network + (1.0 - weight) * work[v] / kept);
+            mixed[v] = expf(row[v] - most);
+            sum += mixed[v];
         }
+        float network = (float)(weight / sum), counts = (float)((1.0 - weight) / kept);
+        for (int v = 0; v < V; v++)
+            mixed[v] = logf(network * mixed[v] + counts * (float)work[v]);
     }
 }
