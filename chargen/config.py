@@ -41,7 +41,7 @@ LEVEL_NGRAM = {"char": 8, "bpe": 5}
 """The n-gram order a level's new run mixes with its network where --ngram is not given (0:
 none): at the character level, counts of 8 characters took 0.05 - 0.08 nats/char off the
 network alone after two minutes, on tinyshakespeare, on a play it never saw and on a 70 KB
-corpus (10 gained 0.002 more for six times the disk); at the bpe level, 5 tokens (about 10
+corpus (10 gained 0.002 more for twice the disk); at the bpe level, 5 tokens (about 10
 characters) took 0.02 off (docs/experiments.md, 2026-12-08, later). The word and abc levels
 were not measured and take none."""
 
