@@ -430,7 +430,7 @@ def train(
     Without a limit (``max_steps``, ``epochs`` or ``time``) training runs 10 epochs. Without
     ``cell`` a new run takes its level's (``LEVEL_CELL``) where it trains on the compiled
     float32 window, else the LSTM; without ``ngram``, its level's n-gram order
-    (``LEVEL_NGRAM``: 8 at the character level, 5 at bpe, none elsewhere). Without
+    (``LEVEL_NGRAM``: 10 at the character level, 5 at bpe, none elsewhere). Without
     ``dropout`` (or with None) a new run takes it from its corpus's size, as ``--dropout`` does;
     without ``hidden``, 512 units, or 448 where a CPU trains in float32 on torch's recurrence
     (``default_width``); with ``tie_weights``, ``hidden`` and ``embedding`` are one width.

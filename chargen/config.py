@@ -37,12 +37,13 @@ defaults: sub-word runs learned more in 1,300 steps of tinyshakespeare at a peak
 decaying over the last 40%, than at 7e-3 over the last 60% (at seeds 1337, 7 and 3;
 docs/experiments.md, 2026-12-07, late night)."""
 
-LEVEL_NGRAM = {"char": 8, "bpe": 5}
+LEVEL_NGRAM = {"char": 10, "bpe": 5}
 """The n-gram order a level's new run mixes with its network where --ngram is not given (0:
 none): at the character level, counts of 8 characters took 0.05 - 0.08 nats/char off the
 network alone after two minutes, on tinyshakespeare, on a play it never saw and on a 70 KB
-corpus (10 gained 0.002 more for twice the disk); at the bpe level, 5 tokens (about 10
-characters) took 0.02 off (docs/experiments.md, 2026-12-08, later). The word and abc levels
+corpus, and 10 took 0.0027 more off with the reweighted mixture (25 MB of counts against
+11 for tinyshakespeare); at the bpe level, 5 tokens (about 10 characters) took 0.02 off, and
+6 nothing more (docs/experiments.md, 2026-12-08, later and last). The word and abc levels
 were not measured and take none."""
 
 MAX_NGRAM = 16

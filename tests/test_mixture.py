@@ -1,5 +1,5 @@
 """A model that mixes n-gram counts into its network's predictions, end to end: training fits
-the counts' share, and sampling, scoring and evaluation all use the same mixture."""
+how they are mixed, and sampling, scoring and evaluation all use the same mixture."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import chargen
+from chargen.config import LEVEL_NGRAM
 from chargen.model import ngram
 from chargen.training.evaluate import evaluate
 from tests.test_api import TINY
@@ -19,28 +20,34 @@ def mixed(corpus):
     return chargen.load("mixed")
 
 
-def mixture_log_probs(model: chargen.Model, ids: list[int]) -> np.ndarray:
+def mixture_log_probs(model: chargen.Model, ids: list[int], unk: bool = False) -> np.ndarray:
     """Each token's log-probability after the ones before it, worked out here from the
     network's logits and the counts' distribution (<unk> excluded from both, as sampling
-    excludes it)."""
+    excludes it, unless ``unk``): ``w * q + (1 - w) * counts``, where ``q`` is proportional
+    to ``p_network ** a * counts ** b``."""
     module = model.module
     with torch.inference_mode():
         logits, _ = module(torch.tensor([ids[:-1]]))
-    logits = logits[0].double()
-    logits[:, 0] = -torch.inf
-    network = torch.softmax(logits, -1).numpy()
-    counted = module.counts.distribution(ngram.states_along(np.array([ids[:-1]]), 8)[0])
-    counted[:, 0] = 0
-    counted /= counted.sum(axis=1, keepdims=True)
-    weight = float(module.ngram_weight)
-    mixed = weight * network + (1 - weight) * counted
+    network = torch.softmax(logits[0].double(), -1).numpy()
+    states = ngram.states_along(np.array([ids[:-1]]), module.counts.order)[0]
+    counted = module.counts.distribution(states)
+    if not unk:
+        network[:, 0] = counted[:, 0] = 0
+        counted /= counted.sum(axis=1, keepdims=True)
+    w, a, b = module.mixing
+    assert (a, b) != (1.0, 0.0), "the fit should reweight the network on this corpus"
+    reweighted = network**a * counted**b
+    reweighted /= reweighted.sum(axis=1, keepdims=True)
+    mixed = w * reweighted + (1 - w) * counted
     return np.log(mixed[np.arange(len(ids) - 1), ids[1:]])
 
 
-def test_a_character_run_mixes_in_counts_with_a_fitted_share(mixed, tmp_path):
-    assert mixed.module.config.ngram == 8 and mixed.module.counts is not None
-    weight = float(mixed.module.ngram_weight)
+def test_a_character_run_mixes_in_counts_fitted_on_validation(mixed, tmp_path):
+    assert mixed.module.config.ngram == LEVEL_NGRAM["char"] and mixed.module.counts is not None
+    weight, *product = mixed.module.mixing
     assert 0.5 <= weight <= 1.0 and weight in ngram.WEIGHTS
+    a, b = (round(e, 3) for e in product)  # on the fit's lattice of steps of 0.05
+    assert 0 < a <= 1.5 and b >= 0 and round(a * 20) == a * 20 and round(b * 20) == b * 20
     assert (tmp_path / "checkpoints" / "mixed" / "counts.npz").is_file()
 
 
@@ -53,15 +60,8 @@ def test_a_sample_is_drawn_from_the_mixture(mixed):
 
 
 def mixture_nats(model: chargen.Model, ids: list[int]) -> float:
-    """The mixture's loss over ``ids`` after the first, from the counts' ``probability`` (the
-    path scoring takes) and the network's logits."""
-    module = model.module
-    with torch.inference_mode():
-        logits, _ = module(torch.tensor([ids[:-1]]))
-    network = torch.log_softmax(logits[0].double(), -1).numpy()[np.arange(len(ids) - 1), ids[1:]]
-    states = ngram.states_along(np.array([ids[:-1]]), 8)[0]
-    counted = module.counts.probability(states, np.array(ids[1:]))
-    return ngram.mixed_nats(-network, counted, float(module.ngram_weight)).sum()
+    """The mixture's loss over ``ids`` after the first (<unk> allowed, as a score has it)."""
+    return -mixture_log_probs(model, ids, unk=True).sum()
 
 
 def test_scores_are_the_mixtures_loss(mixed):
@@ -73,18 +73,32 @@ def test_scores_are_the_mixtures_loss(mixed):
     assert line.nats == pytest.approx(mixture_nats(mixed, from_line_start), rel=1e-5)
 
 
-def test_evaluation_fits_the_share_that_scores_best(mixed, corpus):
+def test_evaluation_fits_the_mixing_that_scores_best(mixed, corpus):
     from chargen.text.batches import Stream
 
     module = mixed.module
     stream = Stream.of(mixed.tokenizer, corpus.read_text()[:3000])
     loaded = evaluate(module.eval(), stream, torch.device("cpu"), fit=False)
-    module.ngram_weight.fill_(1.0)
-    network = evaluate(module, stream, torch.device("cpu"))
-    fitted = evaluate(module, stream, torch.device("cpu"), fit=True)
-    assert fitted.nats <= min(network.nats, loaded.nats) + 1e-9
+    fitted = evaluate(module, stream, torch.device("cpu"), fit=True)  # the loaded one tried too
+    assert fitted.nats <= loaded.nats + 1e-9
     assert evaluate(module, stream, torch.device("cpu")).nats == pytest.approx(fitted.nats)
+    best = module.mixing
+    module.mixing = ngram.Mixing()
+    network = evaluate(module, stream, torch.device("cpu"))
     assert fitted.nats < network.nats  # the counts know this text: they must help
+    module.mixing = ngram.Mixing(best.weight)  # the same share, not reweighted
+    assert evaluate(module, stream, torch.device("cpu")).nats > fitted.nats
+
+
+def test_a_run_saved_before_products_were_fitted_loads_as_a_plain_mixture(mixed, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "checkpoints" / "mixed" / "best.safetensors"
+    tensors = load_file(path)
+    del tensors["model.ngram_product"]
+    save_file(tensors, path)
+    old = chargen.load("mixed")
+    assert old.module.mixing == ngram.Mixing(mixed.module.mixing.weight)
 
 
 def test_ngram_zero_is_the_network_alone_and_resume_keeps_the_order(corpus, tmp_path):

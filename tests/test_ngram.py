@@ -127,20 +127,56 @@ def test_only_the_first_tokens_are_counted(monkeypatch):
     assert model.probability(ngram.start(1, 1), np.array([2]))[0] < 1 / 3
 
 
-def test_mixture_loss_is_the_weighted_probability():
-    network = np.array([0.5, 2.0])
-    counted = np.array([0.2, 0.9])
-    weights = np.array([0.0, 0.25, 1.0])
-    sums = ngram.mixture_nats(network, counted, weights)
-    for weight, total in zip(weights, sums, strict=True):
-        want = -np.log(weight * np.exp(-network) + (1 - weight) * counted).sum()
-        assert total == pytest.approx(want)
-    assert sums[-1] == pytest.approx(network.sum())
+@pytest.mark.parametrize("chunk", [ngram.CHUNK, 10])
+def test_the_fit_scores_every_product_and_share_as_defined(chunk, monkeypatch):
+    """fit_nats and target_nats against the mixture written out: weight * softmax(a * z + b *
+    log q) + (1 - weight) * q, at the target; the same in chunks of two rows as in one."""
+    monkeypatch.setattr(ngram, "CHUNK", chunk)
+    rng = np.random.default_rng(0)
+    model = NGram.build(rng.integers(0, 5, size=200), 5, 3)
+    ids = rng.integers(0, 5, size=8)
+    states, targets = ngram.states_along(ids[None, :-1], 3)[0], ids[1:]
+    logits = torch.randn(7, 5, dtype=torch.float64)
+    products, weights = ((1.0, 0.0), (0.7, 0.3), (0.5, 0.1)), np.array([0.5, 0.8, 1.0])
+    got = model.fit_nats(logits, states, targets, products, weights)
+    z, rows, counted = logits.numpy(), np.arange(7), model.distribution(states)
+    for i, (a, b) in enumerate(products):
+        scaled = np.exp(a * z + b * np.log(counted))
+        network = scaled / scaled.sum(axis=1, keepdims=True)
+        for j, w in enumerate(weights):
+            mixed = w * network + (1 - w) * counted
+            want = -np.log(mixed[rows, targets])
+            assert got[i, j] == pytest.approx(want.sum(), rel=1e-5)
+            each = model.target_nats(logits, states, targets, ngram.Mixing(w, a, b))
+            assert each == pytest.approx(want, rel=1e-5)
+    alone = -torch.log_softmax(logits, -1).numpy()[rows, targets].sum()
+    assert got[0, -1] == pytest.approx(alone, rel=1e-5)  # (1, 0) at share 1: the network
+
+
+def test_later_fits_refine_around_the_last():
+    assert ngram.products_to_try((1.0, 0.0)) == tuple(
+        sorted(
+            set(ngram.PRODUCTS)
+            | {(0.95, 0.0), (0.95, 0.05), (1.05, 0.0), (1.05, 0.05), (1.0, 0.05)}
+        )
+    )
+    near = ngram.products_to_try((0.7, 0.2))
+    assert {(0.65, 0.15), (0.75, 0.25), (0.7, 0.2)} <= set(near)
+    assert set(ngram.PRODUCTS) <= set(near)
 
 
 @settings(max_examples=30, deadline=None)
-@given(tokens=texts, query=texts, order=st.integers(1, 5), weight=st.floats(0.5, 1.0))
-def test_the_compiled_kernel_and_numpy_agree(tokens, query, order, weight, monkeypatch_module):
+@given(
+    tokens=texts,
+    query=texts,
+    order=st.integers(1, 5),
+    weight=st.floats(0.5, 1.0),
+    network=st.floats(0.5, 1.2),
+    exponent=st.sampled_from([0.0, 0.1, 0.35]),
+)
+def test_the_compiled_kernel_and_numpy_agree(
+    tokens, query, order, weight, network, exponent, monkeypatch_module
+):
     if ngram._kernel() is None:
         pytest.skip("no C compiler: numpy alone")
     model = NGram.build(np.array(tokens), 5, order)
@@ -150,11 +186,12 @@ def test_the_compiled_kernel_and_numpy_agree(tokens, query, order, weight, monke
     logits[:, 0] = -torch.inf  # <unk>, as the engine's logits have it
     before = ngram.as_tensor(ngram.start(len(query), order))
     read = torch.tensor(query)
+    mixing = ngram.Mixing(weight, network, exponent)
     compiled_state = before.clone()
-    compiled = model.mixed(logits.clone(), compiled_state, weight, 0, read)
+    compiled = model.mixed(logits.clone(), compiled_state, mixing, 0, read)
     monkeypatch_module.setattr(ngram, "_kernel", lambda: None)
     numpy_state = before.clone()
-    in_numpy = model.mixed(logits.clone(), numpy_state, weight, 0, read)
+    in_numpy = model.mixed(logits.clone(), numpy_state, mixing, 0, read)
     monkeypatch_module.undo()
     assert torch.equal(compiled_state, numpy_state)
     assert torch.allclose(compiled, in_numpy, atol=1e-5)

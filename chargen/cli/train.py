@@ -105,8 +105,8 @@ _BPE = LEVEL_TRAINING["bpe"]
     "--ngram",
     type=click.IntRange(0, MAX_NGRAM),
     default=None,
-    help=f"Mix in an n-gram model of this order, counted from the training text; its share is "
-    f"fitted on the validation text (default: {LEVEL_NGRAM['char']} at the char level, "
+    help=f"Mix in an n-gram model of this order, counted from the training text; how it is "
+    f"mixed is fitted on the validation text (default: {LEVEL_NGRAM['char']} at the char level, "
     f"{LEVEL_NGRAM['bpe']} at bpe, else 0: none).",
 )
 @click.option(

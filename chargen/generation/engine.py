@@ -120,7 +120,7 @@ class Engine:
         self._rows: _Rows | None = None  # per-row settings, rebuilt when the rows change
         self.counts = model.counts  # the n-gram model mixed in, if any
         self.context: torch.Tensor | None = None  # (N, order): each row's n-gram context
-        self._weight = float(model.ngram_weight) if self.counts is not None else 1.0
+        self._mixing = model.mixing
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -301,9 +301,9 @@ class Engine:
     def _mixed(self, logits: torch.Tensor, context: torch.Tensor, tokens=None) -> torch.Tensor:
         """The mixture's log-probabilities in place of the network's ``logits`` (the rows'
         ``context`` first reading ``tokens``, in place, where given); <unk> stays impossible,
-        the counts' share of it spread over the other tokens. The counts' share is the
-        model's when the engine was made: a trained model's does not change."""
-        return self.counts.mixed(logits, context, self._weight, UNK_ID, tokens)
+        the counts' share of it spread over the other tokens. The mixing is the model's
+        when the engine was made: a trained model's does not change."""
+        return self.counts.mixed(logits, context, self._mixing, UNK_ID, tokens)
 
     def _stepper(self, rows: int) -> Stepper | CompiledStepper:
         """torch's bf16 products for many rows where the hardware has them; else the compiled

@@ -58,18 +58,20 @@ def score_texts(
         counts = model.counts
         if counts is not None:  # each position's n-gram context, read from the text's start
             contexts = ngram.states_along(padded.numpy(), counts.order)  # (B, L, order)
-            weight = float(model.ngram_weight)
+            mixing = model.mixing
         for begin in range(0, width - 1, window):
             x = padded[:, begin : begin + window].to(device)  # (B, T)
             y = padded[:, begin + 1 : begin + window + 1].to(device)  # (B, T)
             x = x[:, : y.shape[1]]
             logits, hidden = model(x, hidden)
-            loss = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
-            loss = loss.cpu().double()
             if counts is not None:
                 at = contexts[:, begin : begin + y.shape[1]].reshape(-1, counts.order)
-                counted = counts.probability(at, y.cpu().numpy().ravel()).reshape(loss.shape)
-                loss = torch.from_numpy(ngram.mixed_nats(loss.numpy(), counted, weight))
+                chosen = y.cpu().numpy().ravel()
+                loss = counts.target_nats(logits.flatten(0, 1), at, chosen, mixing)
+                loss = torch.from_numpy(loss).view(y.shape)
+            else:
+                loss = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+                loss = loss.cpu().double()  # (B, T)
             nats += (loss * mask[:, begin : begin + y.shape[1]]).sum(dim=1)
         for r, i in enumerate(rows):
             predicted = int(lengths[r]) - 1

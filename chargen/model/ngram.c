@@ -84,14 +84,17 @@ void ngram_distribution(const tables *t, int rows, int order, const uint64_t *st
 }
 
 /* Where ``tokens`` is not NULL, each row's context state first reads its token (in place; the
- * hash ngram.py's ``advance`` computes). Then out[r] = log(weight * softmax(logits[r]) +
- * (1 - weight) * counts[r]), where counts[r] is the counts' distribution with token ``never``
- * taken out and the rest scaled up to sum to one. ``work`` holds V doubles. Rows are
- * ``stride`` floats apart, in ``logits`` and ``out`` alike; ``out`` may be ``logits``. */
+ * hash ngram.py's ``advance`` computes). Then out[r] = log(weight * q + (1 - weight) *
+ * counts[r]), where counts[r] is the counts' distribution with token ``never`` taken out and
+ * the rest scaled up to sum to one, and q = softmax(network * logits[r] + exponent *
+ * log(counts[r])), the network's distribution reweighted by the counts' (ngram.py's
+ * ``Mixing``). ``work`` holds V doubles. Rows are ``stride`` floats apart, in ``logits`` and
+ * ``out`` alike; ``out`` may be ``logits``. */
 void ngram_mix(const tables *t, int rows, int order, uint64_t *states, const int64_t *tokens,
-               int V, int64_t stride, const float *logits, double weight, int never,
-               double *work, float *out)
+               int V, int64_t stride, const float *logits, double weight, double network,
+               double exponent, int never, double *work, float *out)
 {
+    float a = (float)network, b = (float)exponent;
     for (int r = 0; r < rows; r++) {
         const float *row = logits + (int64_t)r * stride;
         uint64_t *state = states + (int64_t)r * order;
@@ -103,18 +106,22 @@ void ngram_mix(const tables *t, int rows, int order, uint64_t *states, const int
         counted(t, state, order, V, work);
         double kept = 1.0 - work[never];
         work[never] = 0.0;
-        float most = -INFINITY;
-        for (int v = 0; v < V; v++)
-            most = fmaxf(most, row[v]);
-        /* the network's exponentials go where the mixture will be (row may be out) */
+        /* the reweighted network goes where the mixture will be (row may be out) */
         float *mixed = out + (int64_t)r * stride;
+        float most = -INFINITY;
+        for (int v = 0; v < V; v++) {
+            mixed[v] = a * row[v];
+            if (b != 0.0f) /* log(0) for ``never``: minus infinity, as its logit is */
+                mixed[v] += b * logf((float)work[v]);
+            most = fmaxf(most, mixed[v]);
+        }
         double sum = 0.0;
         for (int v = 0; v < V; v++) {
-            mixed[v] = expf(row[v] - most);
+            mixed[v] = expf(mixed[v] - most);
             sum += mixed[v];
         }
-        float network = (float)(weight / sum), counts = (float)((1.0 - weight) / kept);
+        float share = (float)(weight / sum), counts = (float)((1.0 - weight) / kept);
         for (int v = 0; v < V; v++)
-            mixed[v] = logf(network * mixed[v] + counts * (float)work[v]);
+            mixed[v] = logf(share * mixed[v] + counts * (float)work[v]);
     }
 }

@@ -1,14 +1,17 @@
 """Counts beside the network: an n-gram model of the training tokens, mixed with the RNN's
 distribution (``--ngram``).
 
-A model with ``ngram`` > 0 predicts ``w * p_rnn + (1 - w) * p_counts``, where ``p_counts`` is an
+A model with ``ngram`` > 0 predicts ``w * q + (1 - w) * p_counts``, where ``p_counts`` is an
 interpolated Kneser-Ney model (Chen and Goodman 1998) of order ``ngram`` over the training
-split's tokens and ``w`` is fitted on the validation split at every evaluation (``evaluate(...,
-fit=True)``), so the mixture never scores worse there than the network alone. The counts are
-exact about rare contexts (a name, a stage direction seen twice) where two minutes of training
-leave the network vague, and the network generalises where the counts have nothing; the mixture
-is better than either (docs/experiments.md, 2026-12-08, later: tinyshakespeare, 120 s, 0.06
-nats/char).
+split's tokens and ``q``, proportional to ``p_rnn ** a * p_counts ** b``, is the network's
+distribution reweighted by the counts'. ``w``, ``a`` and ``b`` (``Mixing``) are fitted on the
+validation split at every evaluation (``evaluate(..., fit=True)``), so the mixture never scores
+worse there than the network alone. The counts are exact about rare contexts (a name, a stage
+direction seen twice) where two minutes of training leave the network vague, and the network
+generalises where the counts have nothing; the mixture is better than either
+(docs/experiments.md, 2026-12-08, later: tinyshakespeare, 120 s, 0.06 nats/char). The product
+part flattens the network (``a`` about 0.7) and leans it towards what the counts favour, which
+a plain sum cannot do: 0.01 nats/char more (2026-12-08, last).
 
 Contexts are hashed, not stored: a context of ``m`` tokens is a 64-bit hash rolled token by
 token (``advance``), so a state of ``order`` hashes a row carries everything the model needs to
@@ -29,6 +32,7 @@ import functools
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +49,10 @@ _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 PAD = -1
 """The token before a text's start: its contexts are never counted, so lookups back off."""
 
+CHUNK = 1 << 21
+"""Most (row, token) values a scoring pass holds at once: 16 MB of the counts' distributions,
+whatever the vocabulary's size."""
+
 MAX_TOKENS = 2_000_000
 """Training tokens counted at most (the first ones). At order 8 (tinyshakespeare) the saved
 tables take 11 bytes a token, 45 in memory and 104 once sampling has merged them, and counting
@@ -57,23 +65,63 @@ keeps at least half: fitted shares were 0.6 - 0.675 on real text, and a validati
 repeats the training text would otherwise hand all of it to the counts, which only copy."""
 
 
+class Mixing(NamedTuple):
+    """How a model's network and counts are mixed: ``weight * q + (1 - weight) * p_counts``,
+    where ``q`` is ``softmax(network * logits + counts * log p_counts)``, the network's
+    distribution reweighted by the counts'. Fitted on the validation split at every evaluation
+    and saved with the weights; the default is the network alone."""
+
+    weight: float = 1.0
+    network: float = 1.0
+    counts: float = 0.0
+
+    @property
+    def product(self) -> tuple[float, float]:
+        return self.network, self.counts
+
+
+PRODUCTS = tuple((a, b) for a in (0.6, 0.7, 0.8, 0.9, 1.0) for b in (0.0, 0.1, 0.2, 0.3))
+"""The (network, counts) exponents of the mixture's product part that every fit tries; (1, 0)
+leaves the network as it is. Fitted values were 0.6 - 0.8 and 0.2 - 0.3 on tinyshakespeare."""
+
+
+def products_to_try(fitted: tuple[float, float]) -> tuple[tuple[float, float], ...]:
+    """``PRODUCTS`` and the finer steps around the last fit: a run's later evaluations refine
+    what its first one found, for a fraction of what a fine grid everywhere costs."""
+    a, b = fitted
+    near = {
+        (round(a + da, 3), round(b + db, 3))
+        for da in (-0.05, 0.0, 0.05)
+        for db in (-0.05, 0.0, 0.05)
+        if 0 < a + da <= 1.5 and b + db >= 0
+    }
+    return tuple(sorted(set(PRODUCTS) | near))
+
+
+def product_log_probs(logits: torch.Tensor, counted: torch.Tensor, product) -> torch.Tensor:
+    """log softmax(a * logits + b * log counted) (N, V): the network's distribution reweighted
+    by the counts', at exponents ``product`` = (a, b)."""
+    a, b = product
+    scaled = a * logits
+    if b:  # (a zero exponent leaves out a token the counts rule out, as it should not)
+        scaled = scaled + b * torch.log(counted)
+    return torch.log_softmax(scaled, -1)
+
+
+def mixed_log_probs(logits: torch.Tensor, counted: torch.Tensor, mixing: Mixing) -> torch.Tensor:
+    """The mixture's log-probabilities (N, V) from the network's ``logits`` and the counts'
+    distribution ``counted`` (N, V)."""
+    network = product_log_probs(logits, counted, mixing.product).exp()
+    return torch.log(mixing.weight * network + (1 - mixing.weight) * counted)
+
+
 def mixed_nats(network_nats, counted, weight):
-    """The mixture's loss in nats of predictions whose loss under the network is
-    ``network_nats`` and whose probability under the counts is ``counted`` (arrays that
-    broadcast), at the network's share ``weight``."""
+    """The mixture's loss in nats of predictions whose loss under the (reweighted) network is
+    ``network_nats`` and whose probability under the counts is ``counted`` (arrays or tensors
+    that broadcast), at the network's share ``weight``."""
+    if isinstance(network_nats, torch.Tensor):
+        return -torch.log(weight * torch.exp(-network_nats) + (1 - weight) * counted)
     return -np.log(weight * np.exp(-network_nats) + (1 - weight) * counted)
-
-
-def mixture_nats(network_nats: np.ndarray, counted: np.ndarray, weights: np.ndarray):
-    """The summed loss in nats of the predictions at each network share in ``weights``."""
-    return mixed_nats(network_nats[None], counted[None], weights[:, None]).sum(axis=1)
-
-
-def mixed_log_probs(log_probs: torch.Tensor, counted: np.ndarray, weight: float) -> torch.Tensor:
-    """The mixture's log-probabilities (N, V) from the network's (N, V) and the counts'
-    distribution (N, V)."""
-    counted = torch.from_numpy(counted).to(log_probs.device, log_probs.dtype)
-    return torch.log(weight * log_probs.exp() + (1 - weight) * counted)
 
 
 def _mix(hashes: np.ndarray, tokens: np.ndarray | int) -> np.ndarray:
@@ -218,7 +266,8 @@ def _kernel() -> ctypes.CDLL | None:
         pointer, size, wide = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
         lib.ngram_distribution.argtypes = [pointer, size, size, pointer, size, pointer]
         lib.ngram_mix.argtypes = [pointer, size, size, pointer, pointer, size, wide, pointer]
-        lib.ngram_mix.argtypes += [ctypes.c_double, size, pointer, pointer]
+        real = ctypes.c_double
+        lib.ngram_mix.argtypes += [real, real, real, size, pointer, pointer]
         for function in (lib.ngram_distribution, lib.ngram_mix):
             function.restype = None
     return lib
@@ -271,6 +320,40 @@ class NGram:
             p = np.where(seen, mixed, p)
         return p
 
+    def fit_nats(
+        self,
+        logits: torch.Tensor,
+        states: np.ndarray,
+        targets: np.ndarray,
+        products,
+        weights: np.ndarray,
+    ) -> np.ndarray:
+        """The summed loss in nats (len(products), len(weights)) of predicting ``targets``
+        (N,) from the network's ``logits`` (N, V) and the context ``states`` (N, order), at
+        each of ``products`` and the network's shares ``weights``."""
+        shares = torch.from_numpy(np.asarray(weights, dtype=np.float64))[:, None]
+        out = np.zeros((len(products), len(weights)))
+        for rows in _chunks(len(targets), self.vocab):
+            network, target = logits[rows].float().cpu(), torch.from_numpy(targets[rows])
+            counted = torch.from_numpy(self.distribution(states[rows]))
+            found = counted.gather(1, target[:, None])[:, 0]
+            counted = counted.float()
+            for i, product in enumerate(products):
+                chosen = product_log_probs(network, counted, product).gather(1, target[:, None])
+                out[i] += mixed_nats(-chosen[:, 0].double(), found, shares).sum(dim=1).numpy()
+        return out
+
+    def target_nats(
+        self, logits: torch.Tensor, states: np.ndarray, targets: np.ndarray, mixing: Mixing
+    ) -> np.ndarray:
+        """Each prediction's loss in nats (N,) under the mixture, as ``fit_nats`` sums them."""
+        out = np.empty(len(targets))
+        for rows in _chunks(len(targets), self.vocab):
+            counted = torch.from_numpy(self.distribution(states[rows]))
+            mixed = mixed_log_probs(logits[rows].double().cpu(), counted, mixing)
+            out[rows] = -mixed.gather(1, torch.from_numpy(targets[rows])[:, None])[:, 0].numpy()
+        return out
+
     def distribution(self, states: np.ndarray) -> np.ndarray:
         """The next token's distribution (N, vocab) after each context state (N, order)."""
         lib, merged = _kernel(), self.merged
@@ -287,7 +370,7 @@ class NGram:
         self,
         logits: torch.Tensor,
         states: torch.Tensor,
-        weight: float,
+        mixing: Mixing,
         never: int,
         tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -308,7 +391,8 @@ class NGram:
             kept = 1.0 - counted[:, never]
             counted[:, never] = 0.0
             counted /= kept[:, None]
-            return mixed_log_probs(torch.log_softmax(logits.float(), -1), counted, weight)
+            counted = torch.from_numpy(counted).to(logits.device)
+            return mixed_log_probs(logits.double(), counted, mixing).to(logits.dtype)
         if tokens is not None:
             tokens = tokens.to("cpu", torch.int64)
         lib.ngram_mix(
@@ -320,7 +404,7 @@ class NGram:
             self.vocab,
             logits.stride(0),
             logits.data_ptr(),
-            weight,
+            *mixing,
             never,
             merged.work_at,
             logits.data_ptr(),
@@ -396,6 +480,11 @@ class NGram:
         except (OSError, KeyError, ValueError, IndexError, EOFError, zipfile.BadZipFile) as exc:
             raise CheckpointError(f"{path}: not a readable counts file ({exc})") from None
         return cls(vocab, orders)
+
+
+def _chunks(rows: int, vocab: int):
+    step = max(1, CHUNK // vocab)
+    return (slice(first, first + step) for first in range(0, rows, step))
 
 
 def _narrow(values: np.ndarray) -> np.ndarray:

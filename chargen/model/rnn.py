@@ -19,7 +19,7 @@ from chargen.config import CELLS, ModelConfig
 from chargen.errors import UsageError
 from chargen.model import amx, window
 from chargen.model.lnlstm import LayerNormLSTM
-from chargen.model.ngram import NGram
+from chargen.model.ngram import Mixing, NGram
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -87,11 +87,12 @@ class RNNLanguageModel(nn.Module):
             self.head.weight = self.embedding.weight
         self._init_weights()
         # The n-gram model mixed in (``chargen.model.ngram``): its counts are attached after
-        # building (``counts``), its share beside the network's is fitted and saved with the
-        # weights; 1.0, the network alone, until an evaluation fits it.
+        # building (``counts``); how it is mixed with the network (``ngram.Mixing``) is fitted
+        # and saved with the weights: the network alone until an evaluation fits it.
         self.counts: NGram | None = None
         if config.ngram:
             self.register_buffer("ngram_weight", torch.tensor(1.0))
+            self.register_buffer("ngram_product", torch.tensor([1.0, 0.0]))
 
     def _init_weights(self) -> None:
         if self.config.cell in LSTMS:
@@ -176,7 +177,20 @@ class RNNLanguageModel(nn.Module):
         shapes["head.bias"] = (vocab,)
         if config.ngram:
             shapes["ngram_weight"] = ()
+            shapes["ngram_product"] = (2,)
         return shapes
+
+    @property
+    def mixing(self) -> Mixing:
+        """How the counts are mixed in (the network alone where there are none)."""
+        if self.counts is None:
+            return Mixing()
+        return Mixing(float(self.ngram_weight), *self.ngram_product.tolist())
+
+    @mixing.setter
+    def mixing(self, mixing: Mixing) -> None:
+        self.ngram_weight.fill_(mixing.weight)
+        self.ngram_product.copy_(torch.tensor(mixing.product))
 
     def undecayed_parameters(self) -> list[nn.Parameter]:
         """The parameters training leaves out of weight decay: the layer-normalised LSTM's

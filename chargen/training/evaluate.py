@@ -4,7 +4,7 @@ Validation during training and ``chargen eval`` both come here. The text is laid
 streams (``chargen.text.batches.eval_layout``), each scored from a zero state and carried across
 windows; worker threads and data-parallel processes share the streams, and their sums add up to
 one ``Score``. Nothing here changes the model's weights; with ``fit``, an evaluation of a model
-that mixes in n-gram counts (``chargen.model.ngram``) sets the counts' share to the one that
+that mixes in n-gram counts (``chargen.model.ngram``) sets how they are mixed to the way that
 scored best.
 """
 
@@ -43,15 +43,17 @@ def evaluate(
 
     In a distributed run each process scores every ``world.size``-th stream and the sums are
     added up, so every process gets the same result; within a process ``workers`` share the
-    streams. A model with counts is scored as its mixture; with ``fit``, at each share in
-    ``ngram.WEIGHTS``, and the best share is kept in ``model.ngram_weight``."""
+    streams. A model with counts is scored as its mixture; with ``fit``, at each of the
+    products ``ngram.products_to_try`` gives and each share in ``ngram.WEIGHTS``, and the best
+    is kept in ``model.mixing``."""
     was_training = model.training
     model.eval()
-    if model.counts is None:
-        weights = np.ones(1)
+    mixing = model.mixing
+    if fit and model.counts is not None:
+        products, weights = ngram.products_to_try(mixing.product), ngram.WEIGHTS
     else:
-        weights = ngram.WEIGHTS if fit else np.array([float(model.ngram_weight)])
-    total, count = np.zeros(len(weights)), 0
+        products, weights = (mixing.product,), np.array([mixing.weight])
+    total, count = np.zeros((len(products), len(weights))), 0
     for all_inputs, all_targets in eval_layout(stream.ids, starts=stream.starts):
         inputs, targets = (
             all_inputs[world.rank :: world.size],
@@ -60,17 +62,17 @@ def evaluate(
         if len(inputs) == 0:
             continue
         score = functools.partial(
-            _score_streams, model, inputs, targets, device, bf16, window, weights
+            _score_streams, model, inputs, targets, device, bf16, window, products, weights
         )
         for part_total, part_count in workers.map(score, len(inputs)):
             total += part_total
             count += part_count
     model.train(was_training)
-    *total, count = sum_all([*total.tolist(), float(count)], world)
-    best = int(np.argmin(total))
+    *summed, count = sum_all([*total.ravel().tolist(), float(count)], world)
+    product, weight = np.unravel_index(int(np.argmin(summed)), total.shape)
     if fit and model.counts is not None:
-        model.ngram_weight.fill_(float(weights[best]))
-    return Score(total[best], int(count), stream.chars if count else 0)
+        model.mixing = ngram.Mixing(float(weights[weight]), *products[product])
+    return Score(min(summed), int(count), stream.chars if count else 0)
 
 
 @torch.inference_mode()  # per thread: each worker enters it itself
@@ -81,13 +83,14 @@ def _score_streams(
     device: torch.device,
     bf16: bool,
     window: int,
+    products: tuple[tuple[float, float], ...],
     weights: np.ndarray,
     rows: slice,
 ) -> tuple[np.ndarray, int]:
-    """Summed loss (at each of the counts' ``weights``, where the model has counts) and count
-    of the scored targets of streams ``rows`` of ``inputs`` (B, L)."""
+    """Summed loss (at each of the counts' ``products`` and ``weights``, where the model has
+    counts) and count of the scored targets of streams ``rows`` of ``inputs`` (B, L)."""
     inputs, targets = inputs[rows], targets[rows]
-    total, count = np.zeros(len(weights)), 0
+    total, count = np.zeros((len(products), len(weights))), 0
     hidden = model.init_hidden(inputs.shape[0])
     counts = model.counts
     context = ngram.start(inputs.shape[0], counts.order) if counts is not None else None
@@ -108,9 +111,8 @@ def _score_streams(
             states = ngram.states_along(x.cpu().numpy(), counts.order, before=context)
             context = states[:, -1]
             kept = scored.cpu().numpy()
-            counted = counts.probability(
-                states.reshape(-1, counts.order)[kept], y.flatten().cpu().numpy()[kept]
-            )
-            total += ngram.mixture_nats(losses.double().cpu().numpy()[kept], counted, weights)
+            at = states.reshape(-1, counts.order)[kept]
+            chosen = y.flatten().cpu().numpy()[kept]
+            total += counts.fit_nats(logits.flatten(0, 1)[scored], at, chosen, products, weights)
         count += int(scored.sum())
     return total, count
