@@ -182,6 +182,18 @@ def test_time_limit_stops_training():
     assert state.stop_reason == "time" and state.elapsed >= 0.5
 
 
+def test_an_evaluation_that_would_end_past_the_time_limit_is_left_to_the_final_one():
+    trainer = make_trainer(VERSE * 10, max_steps=None, time_limit=0.5, eval_every=1)
+    seen = []
+    trainer.eval_seconds = 10.0  # as if the last pass had taken longer than the run's time
+    state = trainer.run(on_eval=lambda t, score: seen.append(t.state.step))
+    assert state.stop_reason == "time" and seen == [state.step] and state.step > 1
+    quick = make_trainer(VERSE * 10, max_steps=None, time_limit=0.5, eval_every=1)
+    seen.clear()
+    state = quick.run(on_eval=lambda t, score: seen.append(t.state.step))
+    assert len(seen) > 1 and seen[-1] == state.step  # short passes: each step evaluated
+
+
 def test_step_time_leaves_out_validation(monkeypatch):
     trainer = make_trainer(VERSE * 10, max_steps=4, eval_every=1)
     slow = Trainer.evaluate

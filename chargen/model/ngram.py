@@ -334,13 +334,18 @@ class NGram:
         shares = torch.from_numpy(np.asarray(weights, dtype=np.float64))[:, None]
         out = np.zeros((len(products), len(weights)))
         for rows in _chunks(len(targets), self.vocab):
-            network, target = logits[rows].float().cpu(), torch.from_numpy(targets[rows])
+            network, target = logits[rows].float().cpu(), torch.from_numpy(targets[rows])[:, None]
             counted = torch.from_numpy(self.distribution(states[rows]))
-            found = counted.gather(1, target[:, None])[:, 0]
-            counted = counted.float()
-            for i, product in enumerate(products):
-                chosen = product_log_probs(network, counted, product).gather(1, target[:, None])
-                out[i] += mixed_nats(-chosen[:, 0].double(), found, shares).sum(dim=1).numpy()
+            found = counted.gather(1, target)[:, 0]
+            logged = counted.float().log_()  # every token keeps some of the uniform share: > 0
+            network_at, logged_at = network.gather(1, target)[:, 0], logged.gather(1, target)[:, 0]
+            for i, (a, b) in enumerate(products):
+                # the target's log-probability under product_log_probs, without writing them all
+                scaled = network * a
+                if b:
+                    scaled.add_(logged, alpha=b)
+                chosen = a * network_at + b * logged_at - torch.logsumexp(scaled, -1)
+                out[i] += mixed_nats(-chosen.double(), found, shares).sum(dim=1).numpy()
         return out
 
     def target_nats(

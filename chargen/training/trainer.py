@@ -153,6 +153,7 @@ class Trainer:
         self.optimizer = _adamw(decayed, kept, config)
         self.state = TrainState()
         self.step_seconds = 0.0  # wall time inside train_step, this session: no evaluation
+        self.eval_seconds = 0.0  # how long the last evaluation took
         self.hidden: Hidden = model.init_hidden(batches.batch_size)
         self.checkpoint_hidden: Hidden = self.hidden  # every process's state, for saving
         # A lone worker's thread count follows its measured speed, unless --threads fixed it;
@@ -312,6 +313,7 @@ class Trainer:
     def evaluate(self) -> Score | None:
         if self.val is None or len(self.val) < 2:
             return None
+        began = time.perf_counter()
         with self.tuner.all_threads() if self.tuner else contextlib.nullcontext():
             # at one thread count always: evaluation's sums (other shapes than training's) are
             # not probed, and its loss chooses the best weights
@@ -324,6 +326,7 @@ class Trainer:
                 workers=self.workers,
                 fit=True,
             )
+        self.eval_seconds = time.perf_counter() - began
         state = self.state
         state.val_loss, state.val_bpc = result.nats_per_token, result.bits_per_char
         if state.best_val_loss is None or result.nats_per_token < state.best_val_loss:
@@ -363,7 +366,7 @@ class Trainer:
             state.elapsed = elapsed_before + now - started
             if on_step:
                 on_step(self)
-            if state.step % self.config.eval_every == 0:
+            if state.step % self.config.eval_every == 0 and not self._time_ends_first():
                 result = self.evaluate()
                 last_eval_step = state.step
                 self._gather_hidden()
@@ -380,6 +383,14 @@ class Trainer:
         self._gather_hidden()
         state.stop_reason = reason
         return state
+
+    def _time_ends_first(self) -> bool:
+        """Whether the time limit comes before an evaluation begun now would end: the run's
+        final evaluation (and checkpoint), moments later, then takes its place, rather than
+        two passes over the validation text back to back. Every process decides alike."""
+        limit = self.config.time_limit
+        ends_first = limit is not None and self.state.elapsed + self.eval_seconds >= limit
+        return any_true(ends_first, self.world) if self.world.active else ends_first
 
     def _agreed_stop(self, should_stop: Callable[[], bool]) -> str | None:
         """Why to stop now, if at all. Step limits are the same everywhere; the clock and
