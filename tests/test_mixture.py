@@ -47,7 +47,7 @@ def test_a_character_run_mixes_in_counts_fitted_on_validation(mixed, tmp_path):
     weight, *product = mixed.module.mixing
     assert 0.5 <= weight <= 1.0 and weight in ngram.WEIGHTS
     a, b = (round(e, 3) for e in product)  # on the fit's lattice of steps of 0.05
-    assert 0 < a <= 1.5 and b >= 0 and round(a * 20) == a * 20 and round(b * 20) == b * 20
+    assert 0.5 <= a <= 1.5 and 0 <= b <= 0.5 and round(a * 20) == a * 20 and round(b * 20) == b * 20
     assert (tmp_path / "checkpoints" / "mixed" / "counts.npz").is_file()
 
 

@@ -163,6 +163,8 @@ def test_later_fits_refine_around_the_last():
     near = ngram.products_to_try((0.7, 0.2))
     assert {(0.65, 0.15), (0.75, 0.25), (0.7, 0.2)} <= set(near)
     assert set(ngram.PRODUCTS) <= set(near)
+    edge = set(ngram.products_to_try((0.5, 0.5)))  # the network keeps its say
+    assert (0.5, 0.5) in edge and not {(0.45, 0.5), (0.5, 0.55), (0.45, 0.55)} & edge
 
 
 @settings(max_examples=30, deadline=None)

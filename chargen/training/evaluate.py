@@ -101,12 +101,13 @@ def _score_streams(
             forget(inputs)  # a memory-mapped text of any size: resident memory stays flat
         with autocast(device, bf16):
             logits, hidden = model(x, hidden)
-        losses = F.cross_entropy(
-            logits.float().flatten(0, 1), y.flatten(), reduction="none", ignore_index=IGNORE
-        )
         scored = (y != IGNORE).flatten()
         if counts is None:
-            total += float(losses.sum())
+            total += float(
+                F.cross_entropy(
+                    logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=IGNORE
+                )
+            )
         else:
             states = ngram.states_along(x.cpu().numpy(), counts.order, before=context)
             context = states[:, -1]
