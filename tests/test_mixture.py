@@ -45,7 +45,7 @@ def mixture_log_probs(model: chargen.Model, ids: list[int], unk: bool = False) -
 def test_a_character_run_mixes_in_counts_fitted_on_validation(mixed, tmp_path):
     assert mixed.module.config.ngram == LEVEL_NGRAM["char"] and mixed.module.counts is not None
     weight, *product = mixed.module.mixing
-    assert 0.5 <= weight <= 1.0 and weight in ngram.WEIGHTS
+    assert 0.5 <= weight <= 1.0 and round(weight, 3) in ngram.WEIGHTS  # saved as float32
     a, b = (round(e, 3) for e in product)  # on the fit's lattice of steps of 0.05
     assert 0.5 <= a <= 1.5 and 0 <= b <= 0.5 and round(a * 20) == a * 20 and round(b * 20) == b * 20
     assert (tmp_path / "checkpoints" / "mixed" / "counts.npz").is_file()
@@ -80,7 +80,7 @@ def test_evaluation_fits_the_mixing_that_scores_best(mixed, corpus):
     stream = Stream.of(mixed.tokenizer, corpus.read_text()[:3000])
     loaded = evaluate(module.eval(), stream, torch.device("cpu"), fit=False)
     fitted = evaluate(module, stream, torch.device("cpu"), fit=True)  # the loaded one tried too
-    assert fitted.nats <= loaded.nats + 1e-9
+    assert fitted.nats <= loaded.nats * (1 + 1e-6)  # the loaded share is float32, near the grid
     assert evaluate(module, stream, torch.device("cpu")).nats == pytest.approx(fitted.nats)
     best = module.mixing
     module.mixing = ngram.Mixing()

@@ -50,8 +50,8 @@ PAD = -1
 """The token before a text's start: its contexts are never counted, so lookups back off."""
 
 CHUNK = 1 << 21
-"""Most (row, token) values a scoring pass holds at once: 16 MB of the counts' distributions,
-whatever the vocabulary's size."""
+"""Most (row, token) values a scoring pass takes at once, whatever the vocabulary's size: 16 MB
+for each of the few arrays of that shape it holds (per worker thread)."""
 
 MAX_TOKENS = 2_000_000
 """Training tokens counted at most (the first ones). At order 10 (tinyshakespeare) the saved
@@ -342,10 +342,11 @@ class NGram:
             network_at, logged_at = network.gather(1, target)[:, 0], logged.gather(1, target)[:, 0]
             for i, (a, b) in enumerate(products):
                 # the target's log-probability under product_log_probs, without writing them all
-                scaled = network * a
+                scaled, chosen = network * a, a * network_at
                 if b:
                     scaled.add_(logged, alpha=b)
-                chosen = a * network_at + b * logged_at - torch.logsumexp(scaled, -1)
+                    chosen = chosen + b * logged_at
+                chosen = chosen - torch.logsumexp(scaled, -1)
                 out[i] += mixed_nats(-chosen.double(), found, shares).sum(dim=1).numpy()
         return out
 

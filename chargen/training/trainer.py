@@ -386,8 +386,9 @@ class Trainer:
 
     def _time_ends_first(self) -> bool:
         """Whether the time limit comes before an evaluation begun now would end: the run's
-        final evaluation (and checkpoint), moments later, then takes its place, rather than
-        two passes over the validation text back to back. Every process decides alike."""
+        final evaluation (and checkpoint), at most one evaluation's length of training later,
+        then takes its place, rather than two passes over the validation text back to back.
+        Every process decides alike."""
         limit = self.config.time_limit
         ends_first = limit is not None and self.state.elapsed + self.eval_seconds >= limit
         return any_true(ends_first, self.world) if self.world.active else ends_first
