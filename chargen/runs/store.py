@@ -500,8 +500,11 @@ def _size_limit(run: Run, expected: dict[str, tuple[int, ...]]) -> int:
 def _load_weights(model: RNNLanguageModel, tensors: dict[str, torch.Tensor]) -> None:
     """The model's weights from checked tensors (``_read_tensors`` matched their shapes)."""
     state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    if model.config.ngram and "ngram_product" not in state:  # saved before products were fitted
-        state["ngram_product"] = model.ngram_product
+    defaults = model.state_dict()
+    for key in schema.OPTIONAL_WEIGHTS:  # what an earlier chargen did not save: as made
+        name = key.removeprefix("model.")
+        if name in defaults and name not in state:
+            state[name] = defaults[name]
     model.load_state_dict(state, strict=not model.config.tie_weights)
 
 
